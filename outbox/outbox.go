@@ -1,0 +1,141 @@
+// Package outbox holds the vocabulary the pipeline stages share: the Event a
+// row becomes, WAL positions, the outbox table name and its column mapping.
+//
+// It must stay small and free of I/O: every stage imports it, so nothing here
+// may import a stage.
+package outbox
+
+import (
+	"fmt"
+	"strings"
+)
+
+// LSN is a position in the Postgres write-ahead log.
+type LSN uint64
+
+// String formats the LSN the way Postgres does (upper/lower 32 bits in hex).
+func (l LSN) String() string {
+	return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l))
+}
+
+// ParseLSN parses the textual form printed by Postgres, such as "16/B374D848".
+func ParseLSN(s string) (LSN, error) {
+	var hi, lo uint32
+	if _, err := fmt.Sscanf(s, "%X/%X", &hi, &lo); err != nil {
+		return 0, fmt.Errorf("parse lsn %q: %w", s, err)
+	}
+	return LSN(uint64(hi)<<32 | uint64(lo)), nil
+}
+
+// Header is one Kafka record header taken from the row's headers column.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Event is one outbox row decoded from an INSERT, ready to publish.
+//
+// The byte slices point into buf, which the decoder reuses when the Event is
+// decoded into again, so an Event is recycled only after its record was acked.
+type Event struct {
+	// ID is the row's primary key in text form; it becomes the "id" header
+	// and identifies the row when it is deleted or marked after the ack.
+	ID []byte
+	// AggregateType fills the ${aggregatetype} placeholder of the topic template.
+	AggregateType []byte
+	// AggregateID is the Kafka key.
+	AggregateID []byte
+	// Type becomes the "type" header.
+	Type []byte
+	// Payload is the record value exactly as stored; nil means SQL NULL.
+	Payload []byte
+	// Topic is the per-row topic override; nil when the column is NULL or absent.
+	Topic []byte
+	// Headers are the entries of the row's headers column, in the order they
+	// appear in the jsonb text.
+	Headers []Header
+
+	// LSN is the WAL position of the INSERT.
+	LSN LSN
+	// CommitTime is the commit timestamp of the row's transaction, in Unix nanoseconds.
+	CommitTime int64
+	// Txn identifies the row's transaction to the checkpoint tracker.
+	Txn uint64
+
+	buf []byte
+}
+
+// Buffer returns the event's backing buffer emptied, for a decoder to fill.
+func (e *Event) Buffer() []byte { return e.buf[:0] }
+
+// SetBuffer keeps b as the event's backing buffer so its capacity is reused.
+func (e *Event) SetBuffer(b []byte) { e.buf = b }
+
+// Size is an estimate of the bytes the event holds in memory and on the wire,
+// used for the in-flight cap.
+func (e *Event) Size() int {
+	n := len(e.ID) + len(e.AggregateType) + len(e.AggregateID) + len(e.Type) + len(e.Payload) + len(e.Topic)
+	for _, h := range e.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n + 64
+}
+
+// Table names the outbox table.
+type Table struct {
+	Schema string
+	Name   string
+}
+
+// ParseTable splits "schema.name" (or "name", meaning schema public).
+func ParseTable(s string) (Table, error) {
+	schema, name, ok := strings.Cut(s, ".")
+	if !ok {
+		schema, name = "public", s
+	}
+	if schema == "" || name == "" || strings.Contains(name, ".") {
+		return Table{}, fmt.Errorf("table %q: want schema.name", s)
+	}
+	return Table{Schema: schema, Name: name}, nil
+}
+
+// String returns schema.name without quoting, for logs and errors.
+func (t Table) String() string { return t.Schema + "." + t.Name }
+
+// Quoted returns the table name quoted for use in SQL.
+func (t Table) Quoted() string { return QuoteIdent(t.Schema) + "." + QuoteIdent(t.Name) }
+
+// QuoteIdent quotes a SQL identifier.
+func QuoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// Mapping names the outbox columns the relay reads. Columns of the table that
+// no field names are ignored.
+type Mapping struct {
+	ID            string // required
+	AggregateType string // required
+	AggregateID   string // required: the Kafka key
+	Type          string // required
+	Payload       string // required: the record value
+	Headers       string // optional
+	Topic         string // optional
+	CreatedAt     string // used by backfill and the reconciler
+	PublishedAt   string // used by ACK_MODE=mark
+}
+
+// DefaultMapping returns the column names of the default outbox table, which
+// match Debezium's outbox event router.
+func DefaultMapping() Mapping {
+	return Mapping{
+		ID:            "id",
+		AggregateType: "aggregatetype",
+		AggregateID:   "aggregateid",
+		Type:          "type",
+		Payload:       "payload",
+		Headers:       "headers",
+		Topic:         "topic",
+		CreatedAt:     "created_at",
+		PublishedAt:   "published_at",
+	}
+}
