@@ -71,14 +71,18 @@ func (e *Event) Buffer() []byte { return e.buf[:0] }
 // SetBuffer keeps b as the event's backing buffer so its capacity is reused.
 func (e *Event) SetBuffer(b []byte) { e.buf = b }
 
-// Size is an estimate of the bytes the event holds in memory and on the wire,
-// used for the in-flight cap.
+// eventOverhead approximates the memory an Event costs beyond its bytes: the
+// struct itself and its slice headers.
+const eventOverhead = 256
+
+// Size estimates the memory the event holds while in flight, for the
+// in-flight cap: its bytes plus the struct.
 func (e *Event) Size() int {
 	n := len(e.ID) + len(e.AggregateType) + len(e.AggregateID) + len(e.Type) + len(e.Payload) + len(e.Topic)
 	for _, h := range e.Headers {
 		n += len(h.Key) + len(h.Value)
 	}
-	return n + 64
+	return n + eventOverhead
 }
 
 // Table names the outbox table.

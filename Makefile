@@ -1,0 +1,33 @@
+# The make targets are the project's interface; README.md shows them first.
+export PATH := $(PATH):/usr/local/go/bin:$(shell go env GOPATH 2>/dev/null)/bin
+
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build demo test lint pg-binaries
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/outbox-relay ./cmd/outbox-relay
+
+# Installs the PostgreSQL server binaries when this machine has none (Debian/Ubuntu).
+pg-binaries:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || [ -n "$$PG_BIN" ]; then :; \
+	else echo "installing PostgreSQL server binaries (apt-get install postgresql)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; fi
+
+# A throw-away Postgres from local binaries, an in-process Kafka-protocol
+# broker, the relay, and events flowing through them.
+demo: pg-binaries build
+	$(GO) run ./cmd/outbox-demo -relay bin/outbox-relay
+
+test: pg-binaries
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+lint:
+	$(GO) vet ./...
+	@command -v staticcheck >/dev/null && staticcheck ./... || echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"

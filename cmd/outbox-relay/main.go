@@ -1,0 +1,144 @@
+// Command outbox-relay streams the rows of a Postgres outbox table to Kafka
+// through logical replication. Configuration comes from OUTBOX_RELAY_*
+// environment variables; see the README.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+const usage = `usage: outbox-relay <command>
+
+commands:
+  run      stream the outbox table to Kafka (the daemon)
+  setup    create the outbox table, publication and replication slot if missing
+  version  print the version
+
+Configuration is read from OUTBOX_RELAY_* environment variables (see README.md).
+`
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "version":
+		fmt.Fprintln(stdout, "outbox-relay", buildVersion())
+		return exitOK
+	case "run", "setup":
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+
+	cfg, err := relay.LoadConfig(environ, args[0] == "run")
+	if err != nil {
+		fmt.Fprintf(stderr, "outbox-relay: invalid configuration:\n%v\n", err)
+		return exitUsage
+	}
+	level, _ := zerolog.ParseLevel(cfg.LogLevel)
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
+
+	switch args[0] {
+	case "setup":
+		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer cancel()
+		if err := relay.Setup(ctx, cfg, log.With().Str("component", "setup").Logger(), stdout); err != nil {
+			log.Error().Str("component", "setup").Err(err).Msg("setup failed")
+			return exitFailed
+		}
+		return exitOK
+	default:
+		return runDaemon(cfg, log)
+	}
+}
+
+// runDaemon runs the relay until a signal: the first SIGTERM/SIGINT starts a
+// graceful stop (bounded by the shutdown timeout); a second one, or the
+// timeout passing by a margin, stops at once.
+func runDaemon(cfg relay.Config, log zerolog.Logger) int {
+	mainLog := log.With().Str("component", "main").Logger()
+	r, err := relay.New(cfg, log, nil)
+	if err != nil {
+		mainLog.Error().Err(err).Msg("cannot start")
+		return exitFailed
+	}
+	defer r.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := make(chan struct{})
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-signals
+		mainLog.Info().Str("signal", sig.String()).Dur("timeout", cfg.ShutdownTimeout).Msg("stopping: draining in-flight records")
+		close(stop)
+		select {
+		case sig = <-signals:
+			mainLog.Warn().Str("signal", sig.String()).Msg("second signal: stopping now")
+		case <-time.After(cfg.ShutdownTimeout + 5*time.Second):
+			mainLog.Warn().Msg("drain overran the shutdown timeout: stopping now")
+		}
+		cancel()
+	}()
+
+	mainLog.Info().Str("version", buildVersion()).Msg("starting")
+	if err := r.Run(ctx, stop); err != nil {
+		if errors.Is(err, context.Canceled) {
+			mainLog.Warn().Msg("stopped before every in-flight record was acked; they are re-sent on the next start")
+		} else {
+			mainLog.Error().Err(err).Msg("stopped on a fatal error")
+		}
+		return exitFailed
+	}
+	return exitOK
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "dev-" + s.Value[:12]
+			}
+		}
+		if info.Main.Version != "" {
+			return info.Main.Version
+		}
+	}
+	return "dev"
+}

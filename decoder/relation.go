@@ -1,0 +1,171 @@
+package decoder
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Type OIDs (pg_type.oid) an outbox column may have.
+const (
+	oidBytea   = 17
+	oidInt8    = 20
+	oidInt2    = 21
+	oidInt4    = 23
+	oidText    = 25
+	oidJSON    = 114
+	oidBpchar  = 1042
+	oidVarchar = 1043
+	oidUUID    = 2950
+	oidJSONB   = 3802
+)
+
+// field is an Event field filled from a mapped column.
+type field uint8
+
+const (
+	fieldID field = iota
+	fieldAggregateType
+	fieldAggregateID
+	fieldType
+	fieldPayload
+	fieldHeaders
+	fieldTopic
+	numFields
+)
+
+// fieldSet is a set of fields, one bit each: a column the mapping names for
+// two fields (aggregateid = id, say) fills both.
+type fieldSet uint8
+
+// fieldRule says what a field's column must look like.
+type fieldRule struct {
+	mapping  string // the outbox.Mapping field, for errors
+	required bool   // the column must exist
+	nullable bool   // SQL NULL is a valid value
+	types    []uint32
+	want     string // types, for errors
+}
+
+var textTypes = []uint32{oidText, oidVarchar, oidBpchar, oidUUID}
+
+const textWant = "text, varchar, bpchar or uuid"
+
+var fieldRules = [numFields]fieldRule{
+	fieldID: {
+		mapping: "ID", required: true,
+		types: []uint32{oidUUID, oidText, oidVarchar, oidBpchar, oidInt2, oidInt4, oidInt8},
+		want:  "uuid, text, varchar, bpchar, int2, int4 or int8",
+	},
+	fieldAggregateType: {mapping: "AggregateType", required: true, types: textTypes, want: textWant},
+	fieldAggregateID:   {mapping: "AggregateID", required: true, types: textTypes, want: textWant},
+	fieldType:          {mapping: "Type", required: true, types: textTypes, want: textWant},
+	fieldPayload: {
+		mapping: "Payload", required: true, nullable: true,
+		types: []uint32{oidJSONB, oidJSON, oidText, oidVarchar, oidBytea},
+		want:  "jsonb, json, text, varchar or bytea",
+	},
+	fieldHeaders: {mapping: "Headers", nullable: true, types: []uint32{oidJSONB, oidJSON}, want: "jsonb or json"},
+	fieldTopic:   {mapping: "Topic", nullable: true, types: textTypes, want: textWant},
+}
+
+// mappedColumn is the column that fills a field.
+type mappedColumn struct {
+	index   int // position in the tuple; -1 when the table has no such column
+	name    string
+	typeOID uint32
+}
+
+// relation is what a Relation message said about a table, with the column
+// positions of the outbox fields worked out once so an Insert is decoded in a
+// single pass over its tuple.
+type relation struct {
+	name     string // schema.name
+	isOutbox bool
+	ncolumns int
+	// Set only for the outbox table:
+	columnFields []fieldSet              // per tuple column, the fields it fills
+	fields       [numFields]mappedColumn // per field, its column
+}
+
+// decodeRelation parses Relation: Int32 relation OID, String namespace,
+// String relation name, Int8 replica identity, Int16 number of columns, and
+// per column Int8 flags, String name, Int32 type OID, Int32 type modifier.
+func (d *Decoder) decodeRelation(r *reader) (Message, error) {
+	oid := r.uint32("relation oid")
+	namespace := r.cstring("namespace")
+	name := r.cstring("relation name")
+	r.uint8("replica identity")
+	ncolumns := int(r.uint16("number of columns"))
+	if r.err != nil {
+		return Message{}, r.err
+	}
+	// A Relation message replaces what an earlier one said about the OID
+	// (the table may have been altered); if this one is rejected, nothing
+	// stale must be left to decode Inserts with.
+	delete(d.relations, oid)
+
+	schema := string(namespace)
+	if schema == "" {
+		schema = "pg_catalog" // the docs: empty string for pg_catalog
+	}
+	rel := &relation{
+		name:     schema + "." + string(name),
+		isOutbox: string(namespace) == d.table.Schema && string(name) == d.table.Name,
+		ncolumns: ncolumns,
+	}
+	if rel.isOutbox {
+		rel.columnFields = make([]fieldSet, ncolumns)
+		for f := range rel.fields {
+			rel.fields[f].index = -1
+		}
+	}
+	for i := range ncolumns {
+		r.uint8("column flags")
+		columnName := r.cstring("column name")
+		typeOID := r.uint32("column type oid")
+		r.uint32("column type modifier")
+		if r.err != nil {
+			return Message{}, fmt.Errorf("%w (column %d of %d)", r.err, i+1, ncolumns)
+		}
+		if !rel.isOutbox {
+			continue
+		}
+		for f, want := range d.columnNames {
+			if want != "" && string(columnName) == want && rel.fields[f].index < 0 {
+				rel.fields[f] = mappedColumn{index: i, name: want, typeOID: typeOID}
+				rel.columnFields[i] |= 1 << f
+			}
+		}
+	}
+	if err := r.done(); err != nil {
+		return Message{}, err
+	}
+	if rel.isOutbox {
+		if err := d.checkMapping(rel); err != nil {
+			return Message{}, err
+		}
+	}
+	d.relations[oid] = rel
+	return Message{Kind: KindRelation, Relation: rel.name}, nil
+}
+
+// checkMapping reports the first mapped column of the outbox table that is
+// missing though required, or whose type the decoder cannot turn into bytes.
+func (d *Decoder) checkMapping(rel *relation) error {
+	for f, rule := range fieldRules {
+		col := rel.fields[f]
+		if col.index < 0 {
+			if !rule.required {
+				continue
+			}
+			if d.columnNames[f] == "" {
+				return fmt.Errorf("table %s: the column mapping names no column for %s, which is required", rel.name, rule.mapping)
+			}
+			return fmt.Errorf("table %s has no column %q, which the column mapping requires for %s", rel.name, d.columnNames[f], rule.mapping)
+		}
+		if !slices.Contains(rule.types, col.typeOID) {
+			return fmt.Errorf("table %s column %s: type oid %d is not supported (want %s)", rel.name, col.name, col.typeOID, rule.want)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package publisher
+
+import (
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/segmentio/kafka-go"
+)
+
+// Header keys every record carries before the row's own headers.
+const (
+	HeaderID   = "id"
+	HeaderType = "type"
+)
+
+// recordSize is the size kafka-go accounts for msg when it fills a batch and
+// when it rejects a message larger than BatchBytes (Message.totalSize in
+// kafka-go's message.go: the v1 message size plus the v2 header sizes).
+func recordSize(msg *kafka.Message) int64 {
+	n := 4 + 1 + 1 + 4 + len(msg.Key) + 4 + len(msg.Value) + 8 // crc, magic, attributes, key, value, timestamp
+	n += varintLen(len(msg.Headers))
+	for i := range msg.Headers {
+		h := &msg.Headers[i]
+		n += varintLen(len(h.Key)) + len(h.Key) + varintLen(len(h.Value)) + len(h.Value)
+	}
+	return int64(n)
+}
+
+// varintLen is the length of n as a zig-zag varint.
+func varintLen(n int) int {
+	u := uint64(n) << 1 // n is never negative, so zig-zag is a shift
+	l := 1
+	for u >= 0x80 {
+		u >>= 7
+		l++
+	}
+	return l
+}
+
+// recordBuilder turns events into kafka.Messages in reusable slices. kafka-go
+// copies the Message values into its batches but not the byte slices nor the
+// header arrays, so these are reused only after the records they backed were
+// written (see Publisher.drain).
+type recordBuilder struct {
+	msgs    []kafka.Message
+	headers []kafka.Header
+	indexes []int // indexes[i] is the caller's index of msgs[i]
+}
+
+func (b *recordBuilder) reset(n, headers int) {
+	if cap(b.msgs) < n {
+		b.msgs = make([]kafka.Message, 0, n)
+		b.indexes = make([]int, 0, n)
+	}
+	// Size the header array once: a reallocation would leave the earlier
+	// messages pointing at the old array, which is harmless but wasteful.
+	if cap(b.headers) < headers {
+		b.headers = make([]kafka.Header, 0, headers)
+	}
+	clear(b.msgs) // drop references to the previous call's records
+	clear(b.headers)
+	b.msgs, b.headers, b.indexes = b.msgs[:0], b.headers[:0], b.indexes[:0]
+}
+
+// add appends the record of ev, routed to topic.
+func (b *recordBuilder) add(index int, topic string, ev *outbox.Event) *kafka.Message {
+	start := len(b.headers)
+	b.headers = append(b.headers,
+		kafka.Header{Key: HeaderID, Value: ev.ID},
+		kafka.Header{Key: HeaderType, Value: ev.Type},
+	)
+	for _, h := range ev.Headers {
+		b.headers = append(b.headers, kafka.Header{Key: h.Key, Value: h.Value})
+	}
+	b.msgs = append(b.msgs, kafka.Message{
+		Topic:   topic,
+		Key:     ev.AggregateID,
+		Value:   ev.Payload,
+		Headers: b.headers[start:len(b.headers):len(b.headers)],
+	})
+	b.indexes = append(b.indexes, index)
+	return &b.msgs[len(b.msgs)-1]
+}
+
+// drop removes the last added record (it failed before being sent).
+func (b *recordBuilder) drop() {
+	last := len(b.msgs) - 1
+	b.headers = b.headers[:len(b.headers)-len(b.msgs[last].Headers)]
+	b.msgs[last] = kafka.Message{}
+	b.msgs, b.indexes = b.msgs[:last], b.indexes[:last]
+}
+
+// countHeaders is the number of headers the records of events carry.
+func countHeaders(events []outbox.Event) int {
+	n := 2 * len(events)
+	for i := range events {
+		n += len(events[i].Headers)
+	}
+	return n
+}

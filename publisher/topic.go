@@ -1,0 +1,92 @@
+package publisher
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+)
+
+// ErrInvalidTopic is wrapped by the error of an event whose topic Kafka would
+// not accept as a name.
+var ErrInvalidTopic = errors.New("invalid topic name")
+
+// maxTopicLen is Kafka's limit on a topic name.
+const maxTopicLen = 249
+
+// topicCacheLimit bounds each topic cache: aggregate types are few, but
+// per-row topics come from the rows and could be anything.
+const topicCacheLimit = 4096
+
+// validTopic reports whether Kafka accepts name as a topic name: 1 to 249
+// characters of [a-zA-Z0-9._-], and neither "." nor "..".
+func validTopic(name string) error {
+	if name == "" || len(name) > maxTopicLen || name == "." || name == ".." {
+		return fmt.Errorf("%w: %q", ErrInvalidTopic, name)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("%w: %q", ErrInvalidTopic, name)
+		}
+	}
+	return nil
+}
+
+func expandTemplate(template string, aggregateType []byte) string {
+	return strings.ReplaceAll(template, AggregateTypePlaceholder, string(aggregateType))
+}
+
+// routeTopic returns the topic ev goes to, without caching.
+func routeTopic(template string, ev *outbox.Event) (string, error) {
+	var name string
+	if ev.Topic != nil {
+		name = string(ev.Topic)
+	} else {
+		name = expandTemplate(template, ev.AggregateType)
+	}
+	if err := validTopic(name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// route is a cached routing decision.
+type route struct {
+	topic string
+	err   error
+}
+
+// topicCache remembers routing decisions so that the hot path does not
+// allocate a topic string per record. It is not safe for concurrent use.
+type topicCache struct {
+	template  string
+	templated map[string]route // by aggregate type
+	overrides map[string]route // by the event's own topic
+}
+
+func newTopicCache(template string) *topicCache {
+	return &topicCache{
+		template:  template,
+		templated: make(map[string]route),
+		overrides: make(map[string]route),
+	}
+}
+
+func (c *topicCache) topic(ev *outbox.Event) (string, error) {
+	m, key := c.templated, ev.AggregateType
+	if ev.Topic != nil {
+		m, key = c.overrides, ev.Topic
+	}
+	// The string(key) conversion in a map index does not allocate.
+	if r, ok := m[string(key)]; ok {
+		return r.topic, r.err
+	}
+	topic, err := routeTopic(c.template, ev)
+	if len(m) >= topicCacheLimit {
+		clear(m)
+	}
+	m[string(key)] = route{topic: topic, err: err}
+	return topic, err
+}

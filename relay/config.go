@@ -1,0 +1,141 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/rs/zerolog"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/replication"
+)
+
+// EnvPrefix prefixes every configuration variable.
+const EnvPrefix = "OUTBOX_RELAY_"
+
+// AckMode says what the relay does to a row once Kafka acked its record.
+type AckMode string
+
+// The ack modes.
+const (
+	AckDelete AckMode = "delete" // delete the row
+	AckMark   AckMode = "mark"   // set published_at
+	AckNone   AckMode = "none"   // leave the row alone
+)
+
+// Config is the relay's whole configuration, read once from the environment.
+type Config struct {
+	PGURL            string        `env:"PG_URL,required,notEmpty"`
+	KafkaBrokers     []string      `env:"KAFKA_BROKERS" envSeparator:","`
+	Table            string        `env:"TABLE" envDefault:"public.outbox"`
+	Slot             string        `env:"SLOT" envDefault:"outbox_relay"`
+	Publication      string        `env:"PUBLICATION" envDefault:"outbox_relay"`
+	Topic            string        `env:"TOPIC" envDefault:"outbox.event.${aggregatetype}"`
+	AckMode          AckMode       `env:"ACK_MODE" envDefault:"delete"`
+	MaxInflightBytes int64         `env:"MAX_INFLIGHT_BYTES" envDefault:"67108864"`
+	StatusInterval   time.Duration `env:"STATUS_INTERVAL" envDefault:"1s"`
+	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
+	// ShutdownTimeout bounds the drain after SIGTERM/SIGINT.
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+}
+
+// LoadConfig reads the configuration from environ (os.Environ() form) and
+// validates it. Every error names the variable at fault. Kafka settings are
+// required only when needKafka is set (setup works without a broker).
+func LoadConfig(environ []string, needKafka bool) (Config, error) {
+	vars := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	cfg, err := env.ParseAsWithOptions[Config](env.Options{Prefix: EnvPrefix, Environment: vars})
+	if err != nil {
+		return Config{}, nameVariables(err)
+	}
+	err = cfg.Validate()
+	if needKafka && len(cfg.KafkaBrokers) == 0 {
+		err = errors.Join(fmt.Errorf("required environment variable %q is not set", EnvPrefix+"KAFKA_BROKERS"), err)
+	}
+	return cfg, err
+}
+
+// Validate checks values the environment parser cannot.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s%s: %s", EnvPrefix, name, fmt.Sprintf(format, args...)))
+	}
+	if _, err := outbox.ParseTable(c.Table); err != nil {
+		bad("TABLE", "%v", err)
+	}
+	if !replication.ValidSlotName(c.Slot) {
+		bad("SLOT", "%q is not a valid slot name (lower-case letters, digits, underscores; at most 63)", c.Slot)
+	}
+	if c.Publication == "" || strings.ContainsAny(c.Publication, "'\"") {
+		bad("PUBLICATION", "%q is not a valid publication name", c.Publication)
+	}
+	if c.Topic == "" {
+		bad("TOPIC", "must not be empty")
+	}
+	switch c.AckMode {
+	case AckDelete, AckMark, AckNone:
+	default:
+		bad("ACK_MODE", "%q is not one of delete, mark, none", c.AckMode)
+	}
+	if c.MaxInflightBytes < 1<<16 {
+		bad("MAX_INFLIGHT_BYTES", "%d is below the minimum of 65536", c.MaxInflightBytes)
+	}
+	if c.StatusInterval <= 0 || c.StatusInterval > 30*time.Second {
+		bad("STATUS_INTERVAL", "%s is outside (0, 30s]: it must stay well inside wal_sender_timeout", c.StatusInterval)
+	}
+	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
+		bad("LOG_LEVEL", "%q is not a zerolog level (trace, debug, info, warn, error)", c.LogLevel)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("SHUTDOWN_TIMEOUT", "%s must be positive", c.ShutdownTimeout)
+	}
+	for _, b := range c.KafkaBrokers {
+		if _, _, err := net.SplitHostPort(strings.TrimSpace(b)); err != nil {
+			bad("KAFKA_BROKERS", "%q is not host:port", b)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TableName returns the parsed OUTBOX_RELAY_TABLE.
+func (c Config) TableName() outbox.Table {
+	t, _ := outbox.ParseTable(c.Table)
+	return t
+}
+
+// nameVariables rewrites the parser's errors, which name struct fields, to
+// name the environment variables a user sets.
+func nameVariables(err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return err
+	}
+	keys := map[string]string{}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		keys[f.Name] = EnvPrefix + key
+	}
+	var errs []error
+	for _, e := range agg.Errors {
+		var parse env.ParseError
+		if errors.As(e, &parse) {
+			errs = append(errs, fmt.Errorf("%s: %w", keys[parse.Name], parse.Err))
+			continue
+		}
+		errs = append(errs, e)
+	}
+	return errors.Join(errs...)
+}

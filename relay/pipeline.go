@@ -1,0 +1,375 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/outbox-relay/outbox-relay/checkpoint"
+	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/publisher"
+)
+
+// eventPublisher sends events to Kafka; Publish is never called concurrently.
+type eventPublisher interface {
+	Publish(ctx context.Context, events []outbox.Event) ([]publisher.Failure, error)
+	Topic(ev *outbox.Event) (string, error)
+}
+
+// rowAcker records in Postgres that rows were delivered (delete or mark).
+type rowAcker interface {
+	Ack(ctx context.Context, ids []string) error
+}
+
+// batch is a run of events of one transaction, handed from the stream to the
+// publisher and on to the acker as a unit, then recycled.
+type batch struct {
+	events []outbox.Event
+	bytes  int64
+	txn    uint64
+}
+
+// pipeline connects the stages of one streaming session:
+//
+//	stream goroutine ─Message→ decode into batches ─queue→ publish goroutine
+//	  ─acked→ ack goroutine (delete/mark rows) ─settle→ checkpoint tracker
+//
+// The stream goroutine never blocks on a single record: it hands whole
+// batches over under a mutex and stops reading only when the in-flight cap is
+// reached. The tracker sees a record as acked only after Kafka acked it and,
+// with ACK_MODE delete/mark, its row was deleted/marked.
+type pipeline struct {
+	log          zerolog.Logger
+	dec          *decoder.Decoder
+	pub          eventPublisher
+	acker        rowAcker // nil with ACK_MODE none
+	maxInflight  int64
+	batchRecords int
+	batchBytes   int64
+	metrics      *Metrics
+
+	// Owned by the stream goroutine.
+	cur        *batch
+	txn        uint64
+	inTxn      bool
+	commitTime int64
+
+	mu        sync.Mutex
+	tracker   *checkpoint.Tracker
+	inflight  int64    // bytes handed over and not yet settled
+	toPublish []*batch // decoded, waiting for the publisher
+	toAck     []*batch // published, waiting for the acker
+	free      []*batch
+	draining  bool
+
+	publishWake chan struct{}
+	ackWake     chan struct{}
+	room        chan struct{}
+	drained     chan struct{}
+}
+
+const maxFreeBatches = 16
+
+func newPipeline(log zerolog.Logger, dec *decoder.Decoder, pub eventPublisher, acker rowAcker,
+	tracker *checkpoint.Tracker, maxInflight int64, m *Metrics) *pipeline {
+	p := &pipeline{
+		log:          log,
+		dec:          dec,
+		pub:          pub,
+		acker:        acker,
+		maxInflight:  maxInflight,
+		batchRecords: 1000,
+		batchBytes:   1 << 20,
+		metrics:      m,
+		tracker:      tracker,
+		publishWake:  make(chan struct{}, 1),
+		ackWake:      make(chan struct{}, 1),
+		room:         make(chan struct{}, 1),
+		drained:      make(chan struct{}),
+	}
+	p.cur = p.newBatch()
+	return p
+}
+
+// Message implements replication.Consumer.
+func (p *pipeline) Message(ctx context.Context, walStart outbox.LSN, data []byte) error {
+	n := len(p.cur.events)
+	if n == cap(p.cur.events) {
+		p.cur.events = append(p.cur.events, outbox.Event{})[:n]
+	}
+	ev := &p.cur.events[:n+1][n]
+	msg, err := p.dec.Decode(data, ev)
+	if err != nil {
+		var rowErr *decoder.RowError
+		if errors.As(err, &rowErr) {
+			return fatalf("row at %s cannot be published: %w", walStart, err)
+		}
+		return fatalf("decode message at %s: %w", walStart, err)
+	}
+	switch msg.Kind {
+	case decoder.KindBegin:
+		p.mu.Lock()
+		txn, err := p.tracker.Begin()
+		p.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("begin at %s: %w", walStart, err)
+		}
+		p.txn, p.inTxn, p.commitTime = txn, true, msg.CommitTime
+	case decoder.KindInsert:
+		if !p.inTxn {
+			return fatalf("insert at %s outside a transaction", walStart)
+		}
+		ev.LSN, ev.CommitTime, ev.Txn = walStart, p.commitTime, p.txn
+		p.cur.events = p.cur.events[:n+1]
+		p.cur.bytes += int64(ev.Size())
+		p.cur.txn = p.txn
+		if len(p.cur.events) >= p.batchRecords || p.cur.bytes >= p.batchBytes {
+			return p.handOver()
+		}
+	case decoder.KindCommit:
+		if !p.inTxn {
+			return fatalf("commit at %s outside a transaction", walStart)
+		}
+		if err := p.handOver(); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		err := p.tracker.Commit(p.txn, msg.EndLSN)
+		p.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("commit at %s: %w", walStart, err)
+		}
+		p.inTxn = false
+		p.metrics.transactions.Inc()
+	}
+	return nil
+}
+
+// handOver registers the current batch with the tracker and queues it for
+// the publisher.
+func (p *pipeline) handOver() error {
+	b := p.cur
+	if len(b.events) == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	err := p.tracker.Add(b.txn, len(b.events))
+	if err == nil {
+		p.inflight += b.bytes
+		p.toPublish = append(p.toPublish, b)
+		p.cur = p.newBatchLocked()
+	}
+	inflight := p.inflight
+	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("register %d records: %w", len(b.events), err)
+	}
+	p.metrics.inflightBytes.Set(float64(inflight))
+	p.metrics.inflightRecs.Add(float64(len(b.events)))
+	wake(p.publishWake)
+	return nil
+}
+
+// Position implements replication.Consumer.
+func (p *pipeline) Position(walEnd outbox.LSN) outbox.LSN {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if walEnd != 0 && !p.inTxn && p.inflight == 0 {
+		p.tracker.AdvanceIdle(walEnd)
+	}
+	w := p.tracker.Watermark()
+	p.metrics.confirmedLSN.Set(float64(w))
+	return w
+}
+
+// Throttle implements replication.Consumer.
+func (p *pipeline) Throttle() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inflight >= p.maxInflight {
+		return p.room
+	}
+	return nil
+}
+
+// InTransaction implements replication.Consumer.
+func (p *pipeline) InTransaction() bool { return p.inTxn }
+
+// Drain implements replication.Consumer.
+func (p *pipeline) Drain() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.draining = true
+	p.closeIfDrainedLocked()
+	return p.drained
+}
+
+// publishLoop sends queued batches to Kafka, one Publish call at a time so
+// that retries can never reorder records of one key.
+func (p *pipeline) publishLoop(ctx context.Context) error {
+	var scratch []outbox.Event
+	for {
+		batches, err := p.take(ctx, &p.toPublish, p.publishWake)
+		if err != nil {
+			return nil // the session is ending
+		}
+		events := batches[0].events
+		if len(batches) > 1 {
+			scratch = scratch[:0]
+			for _, b := range batches {
+				scratch = append(scratch, b.events...)
+			}
+			events = scratch
+		}
+		failures, err := p.pub.Publish(ctx, events)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("publish %d records: %w", len(events), err)
+		}
+		if len(failures) > 0 {
+			return p.failed(events, failures)
+		}
+		p.metrics.published.Add(float64(len(events)))
+		now := time.Now().UnixNano()
+		for _, b := range batches {
+			p.metrics.commitToAck.Observe(float64(now-b.events[0].CommitTime) / 1e9)
+		}
+		if p.acker == nil {
+			p.settle(batches)
+			continue
+		}
+		p.mu.Lock()
+		p.toAck = append(p.toAck, batches...)
+		p.mu.Unlock()
+		wake(p.ackWake)
+	}
+}
+
+// failed turns a permanent rejection into a fatal, named error.
+func (p *pipeline) failed(events []outbox.Event, failures []publisher.Failure) error {
+	f := failures[0]
+	ev := &events[f.Index]
+	topic, _ := p.pub.Topic(ev)
+	p.metrics.brokerErrors.WithLabelValues(f.Reason).Inc()
+	return fatalf("kafka rejected the record of row id=%s (topic %q, lsn %s) permanently (%s): %w; %d record(s) rejected in this batch",
+		ev.ID, topic, ev.LSN, f.Reason, f.Err, len(failures))
+}
+
+// ackLoop deletes or marks delivered rows, then settles them.
+func (p *pipeline) ackLoop(ctx context.Context) error {
+	var ids []string
+	for {
+		batches, err := p.take(ctx, &p.toAck, p.ackWake)
+		if err != nil {
+			return nil
+		}
+		ids = ids[:0]
+		for _, b := range batches {
+			for i := range b.events {
+				ids = append(ids, string(b.events[i].ID))
+			}
+		}
+		if err := p.acker.Ack(ctx, ids); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("ack %d delivered rows: %w", len(ids), err)
+		}
+		p.settle(batches)
+	}
+}
+
+// take waits for queued batches and takes all of them.
+func (p *pipeline) take(ctx context.Context, queue *[]*batch, wakeup chan struct{}) ([]*batch, error) {
+	var taken []*batch
+	for {
+		p.mu.Lock()
+		if len(*queue) > 0 {
+			taken = append(taken, *queue...)
+			clear(*queue)
+			*queue = (*queue)[:0]
+		}
+		p.mu.Unlock()
+		if len(taken) > 0 {
+			return taken, nil
+		}
+		select {
+		case <-wakeup:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// settle tells the tracker the batches are done and frees their bytes.
+func (p *pipeline) settle(batches []*batch) {
+	records := 0
+	p.mu.Lock()
+	var err error
+	for _, b := range batches {
+		records += len(b.events)
+		if e := p.tracker.Ack(b.txn, len(b.events)); e != nil && err == nil {
+			err = e
+		}
+		p.inflight -= b.bytes
+		p.recycleLocked(b)
+	}
+	inflight := p.inflight
+	p.closeIfDrainedLocked()
+	p.mu.Unlock()
+	if err != nil {
+		// The tracker is the safety of the whole relay: a bookkeeping bug
+		// must not be papered over.
+		panic(fmt.Sprintf("checkpoint bookkeeping: %v", err))
+	}
+	p.metrics.inflightBytes.Set(float64(inflight))
+	p.metrics.inflightRecs.Sub(float64(records))
+	wake(p.room)
+}
+
+func (p *pipeline) closeIfDrainedLocked() {
+	if p.draining && p.inflight == 0 {
+		select {
+		case <-p.drained:
+		default:
+			close(p.drained)
+		}
+	}
+}
+
+func (p *pipeline) newBatch() *batch {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.newBatchLocked()
+}
+
+func (p *pipeline) newBatchLocked() *batch {
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free = p.free[:n-1]
+		return b
+	}
+	return &batch{events: make([]outbox.Event, 0, 16)}
+}
+
+func (p *pipeline) recycleLocked(b *batch) {
+	if len(p.free) >= maxFreeBatches {
+		return
+	}
+	b.events, b.bytes, b.txn = b.events[:0], 0, 0
+	p.free = append(p.free, b)
+}
+
+func wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}

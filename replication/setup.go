@@ -1,0 +1,234 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+)
+
+// Plugin is the logical decoding output plugin the relay's slot uses.
+const Plugin = "pgoutput"
+
+// ErrRefused marks a problem with the server, role, table, publication or
+// slot that retrying cannot fix: an operator has to act. Callers stop instead
+// of retrying when errors.Is(err, ErrRefused).
+var ErrRefused = errors.New("refused")
+
+func refuse(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
+}
+
+var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// ValidSlotName reports whether name is a valid replication slot name
+// (lower-case letters, digits and underscores, at most 63 characters).
+func ValidSlotName(name string) bool { return slotName.MatchString(name) }
+
+// CheckServer refuses a server whose wal_level is not logical and a role that
+// may not open a replication connection.
+func CheckServer(ctx context.Context, conn *pgx.Conn) error {
+	var walLevel string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
+		return fmt.Errorf("read wal_level: %w", err)
+	}
+	if walLevel != "logical" {
+		return refuse("wal_level is %q, want \"logical\": set wal_level = logical in postgresql.conf and restart Postgres", walLevel)
+	}
+	var role string
+	var replication bool
+	err := conn.QueryRow(ctx,
+		"SELECT rolname, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&role, &replication)
+	if err != nil {
+		return fmt.Errorf("read role attributes: %w", err)
+	}
+	if !replication {
+		return refuse("role %q lacks the REPLICATION attribute: run ALTER ROLE %s WITH REPLICATION as an admin", role, outbox.QuoteIdent(role))
+	}
+	return nil
+}
+
+// Column describes one column of the outbox table.
+type Column struct {
+	Name string
+	Type string // format_type(), e.g. "uuid" or "jsonb"
+}
+
+// TableColumns returns the columns of table, refusing a missing table.
+func TableColumns(ctx context.Context, conn *pgx.Conn, table outbox.Table) (map[string]Column, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+		FROM pg_attribute a
+		JOIN pg_class c ON c.oid = a.attrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`,
+		table.Schema, table.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", table, err)
+	}
+	cols := map[string]Column{}
+	for rows.Next() {
+		var c Column
+		if err := rows.Scan(&c.Name, &c.Type); err != nil {
+			return nil, fmt.Errorf("read columns of %s: %w", table, err)
+		}
+		cols[c.Name] = c
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", table, err)
+	}
+	if len(cols) == 0 {
+		return nil, refuse("table %s does not exist: run `outbox-relay setup` or create it (see sql/outbox.sql)", table)
+	}
+	return cols, nil
+}
+
+// CheckTable refuses a table that lacks a column the mapping needs. ackColumn
+// is the column the ack mode writes ("" for none).
+func CheckTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, m outbox.Mapping, ackColumn string) (map[string]Column, error) {
+	cols, err := TableColumns(ctx, conn, table)
+	if err != nil {
+		return nil, err
+	}
+	required := []string{m.ID, m.AggregateType, m.AggregateID, m.Type, m.Payload}
+	if ackColumn != "" {
+		required = append(required, ackColumn)
+	}
+	var missing []string
+	for _, name := range required {
+		if _, ok := cols[name]; !ok {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, refuse("table %s has no column %s, which the relay needs", table, strings.Join(missing, ", "))
+	}
+	return cols, nil
+}
+
+// EnsurePublication creates the publication for table (inserts only) when it
+// is missing, and refuses an existing one that does not cover table or does
+// not publish inserts. It reports whether it created it.
+func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, table outbox.Table) (bool, error) {
+	var publishesInsert, allTables bool
+	err := conn.QueryRow(ctx, "SELECT pubinsert, puballtables FROM pg_publication WHERE pubname = $1", name).
+		Scan(&publishesInsert, &allTables)
+	if errors.Is(err, pgx.ErrNoRows) {
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", outbox.QuoteIdent(name), table.Quoted())
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+				return false, refuse("create publication %q: %s: an admin must run %s", name, pgErr.Message, sql)
+			}
+			return false, fmt.Errorf("create publication %q: %w", name, err)
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read publication %q: %w", name, err)
+	}
+	if !publishesInsert {
+		return false, refuse("publication %q does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", name, outbox.QuoteIdent(name))
+	}
+	if allTables {
+		return false, refuse("publication %q is FOR ALL TABLES: the relay needs a publication of the outbox table %s only", name, table)
+	}
+	var tables []string
+	rows, err := conn.Query(ctx, "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1", name)
+	if err != nil {
+		return false, fmt.Errorf("read tables of publication %q: %w", name, err)
+	}
+	tables, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return false, fmt.Errorf("read tables of publication %q: %w", name, err)
+	}
+	for _, t := range tables {
+		if t != table.String() {
+			return false, refuse("publication %q also contains %s: it must contain only the outbox table %s", name, t, table)
+		}
+	}
+	if len(tables) == 0 {
+		return false, refuse("publication %q does not contain the outbox table %s: ALTER PUBLICATION %s ADD TABLE %s",
+			name, table, outbox.QuoteIdent(name), table.Quoted())
+	}
+	return false, nil
+}
+
+// Slot is a row of pg_replication_slots.
+type Slot struct {
+	Name              string
+	Plugin            string
+	Database          string
+	Active            bool
+	ActivePID         int32 // 0 when inactive
+	ConfirmedFlushLSN outbox.LSN
+	RestartLSN        outbox.LSN
+	WALStatus         string // reserved, extended, unreserved, lost ("" when unknown)
+}
+
+// LookupSlot reads the slot named name; ok is false when it does not exist.
+func LookupSlot(ctx context.Context, conn *pgx.Conn, name string) (slot Slot, ok bool, err error) {
+	var plugin, database, walStatus *string
+	var pid *int32
+	var confirmed, restart *string
+	err = conn.QueryRow(ctx, `
+		SELECT slot_name, plugin, database, active, active_pid,
+		       confirmed_flush_lsn::text, restart_lsn::text, wal_status
+		FROM pg_replication_slots WHERE slot_name = $1`, name).
+		Scan(&slot.Name, &plugin, &database, &slot.Active, &pid, &confirmed, &restart, &walStatus)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Slot{}, false, nil
+	}
+	if err != nil {
+		return Slot{}, false, fmt.Errorf("read slot %q: %w", name, err)
+	}
+	slot.Plugin = deref(plugin)
+	slot.Database = deref(database)
+	slot.WALStatus = deref(walStatus)
+	if pid != nil {
+		slot.ActivePID = *pid
+	}
+	if confirmed != nil {
+		if slot.ConfirmedFlushLSN, err = outbox.ParseLSN(*confirmed); err != nil {
+			return Slot{}, false, err
+		}
+	}
+	if restart != nil {
+		if slot.RestartLSN, err = outbox.ParseLSN(*restart); err != nil {
+			return Slot{}, false, err
+		}
+	}
+	return slot, true, nil
+}
+
+// CheckSlot refuses a slot the relay must not stream from: another plugin,
+// another database, or a slot whose WAL was removed.
+func CheckSlot(ctx context.Context, conn *pgx.Conn, slot Slot) error {
+	var database string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&database); err != nil {
+		return fmt.Errorf("read current database: %w", err)
+	}
+	if slot.Plugin != Plugin {
+		return refuse("slot %q uses plugin %q, want %q: choose another OUTBOX_RELAY_SLOT or drop the slot", slot.Name, slot.Plugin, Plugin)
+	}
+	if slot.Database != database {
+		return refuse("slot %q belongs to database %q, not %q: choose another OUTBOX_RELAY_SLOT", slot.Name, slot.Database, database)
+	}
+	if slot.WALStatus == "lost" {
+		return refuse("slot %q is lost (the WAL it needs was removed): run `outbox-relay setup --recreate-slot` to replace it", slot.Name)
+	}
+	return nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

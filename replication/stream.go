@@ -1,0 +1,315 @@
+// Package replication owns the replication connection: it checks the server,
+// creates the publication and slot when missing, streams pgoutput messages
+// from the slot, answers keepalives and reports the flush position the
+// consumer allows.
+//
+// It never confirms a position on its own: the flush LSN sent to Postgres is
+// always the one the Consumer returns, so only acked work is ever confirmed.
+// It never drops or recreates a slot.
+package replication
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+)
+
+// Consumer takes the stream's messages. The stream calls it from one
+// goroutine only.
+type Consumer interface {
+	// Message handles one pgoutput message; data is valid only during the call.
+	Message(ctx context.Context, walStart outbox.LSN, data []byte) error
+	// Position returns the flush position to confirm. walEnd is the server's
+	// WAL end from a keepalive (0 when there is none): every message before it
+	// has been handed to Message, so the consumer may confirm it when nothing
+	// is in flight.
+	Position(walEnd outbox.LSN) outbox.LSN
+	// Throttle returns nil when the consumer takes more messages, or a
+	// channel that receives when it may have room again.
+	Throttle() <-chan struct{}
+	// InTransaction reports whether a transaction is open: a graceful stop
+	// waits for its Commit so that no half-delivered transaction is re-sent.
+	InTransaction() bool
+	// Drain is called once when the stream stops reading; the returned
+	// channel is closed when everything handed over is settled.
+	Drain() <-chan struct{}
+}
+
+// Conn is a replication connection (replication=database).
+type Conn struct {
+	conn *pgconn.PgConn
+	log  zerolog.Logger
+}
+
+// Connect opens a replication connection to the database named in pgURL.
+func Connect(ctx context.Context, pgURL string, log zerolog.Logger) (*Conn, error) {
+	cfg, err := pgconn.ParseConfig(pgURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse OUTBOX_RELAY_PG_URL: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "outbox-relay"
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open replication connection: %w", err)
+	}
+	return &Conn{conn: conn, log: log}, nil
+}
+
+// Close closes the connection.
+func (c *Conn) Close(ctx context.Context) error { return c.conn.Close(ctx) }
+
+// CreatedSlot is the result of creating a slot.
+type CreatedSlot struct {
+	ConsistentPoint outbox.LSN
+	SnapshotName    string // set when the snapshot was exported
+}
+
+// CreateSlot creates a logical slot with the pgoutput plugin. With
+// exportSnapshot the slot's snapshot is exported and stays valid until the
+// next command on this connection, so rows present before the slot can be
+// read consistently (SET TRANSACTION SNAPSHOT).
+func (c *Conn) CreateSlot(ctx context.Context, name string, exportSnapshot bool) (CreatedSlot, error) {
+	if !ValidSlotName(name) {
+		return CreatedSlot{}, refuse("slot name %q is invalid: use lower-case letters, digits and underscores", name)
+	}
+	action := "NOEXPORT_SNAPSHOT"
+	if exportSnapshot {
+		action = "EXPORT_SNAPSHOT"
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, c.conn, name, Plugin,
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: action})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			return CreatedSlot{}, refuse("create slot %q: %s", name, pgErr.Message)
+		}
+		return CreatedSlot{}, fmt.Errorf("create slot %q: %w", name, err)
+	}
+	point, err := outbox.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return CreatedSlot{}, fmt.Errorf("create slot %q: %w", name, err)
+	}
+	return CreatedSlot{ConsistentPoint: point, SnapshotName: res.SnapshotName}, nil
+}
+
+// Options tune a stream.
+type Options struct {
+	Slot        string
+	Publication string
+	// StatusInterval is how often a standby status is sent even when the
+	// server asks for none.
+	StatusInterval time.Duration
+	// DrainTimeout bounds a graceful stop: finishing the open transaction
+	// and waiting for everything in flight to settle.
+	DrainTimeout time.Duration
+}
+
+// ErrDrainTimeout is returned by Stream when a graceful stop did not settle
+// everything in flight within DrainTimeout. Nothing is lost: the unconfirmed
+// transactions are streamed again on the next start.
+var ErrDrainTimeout = errors.New("shutdown timed out before every record in flight was acked")
+
+// Stream starts streaming the slot from its confirmed position and feeds c
+// until ctx ends (an abrupt stop: the error is returned at once) or stop is
+// closed (a graceful stop: it finishes the open transaction, drains c, sends
+// the final position and returns nil).
+func (c *Conn) Stream(ctx context.Context, stop <-chan struct{}, opts Options, consumer Consumer) error {
+	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", opts.Publication)}
+	err := pglogrepl.StartReplication(ctx, c.conn, opts.Slot, 0,
+		pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+			return &SlotActiveError{Slot: opts.Slot, Detail: pgErr.Message}
+		}
+		return fmt.Errorf("start replication on slot %q: %w", opts.Slot, err)
+	}
+	s := streamState{conn: c, opts: opts, consumer: consumer}
+	if err := s.read(ctx, stop); err != nil {
+		return err
+	}
+	return s.drain(ctx)
+}
+
+// SlotActiveError reports that another process streams from the slot.
+type SlotActiveError struct {
+	Slot   string
+	Detail string
+}
+
+func (e *SlotActiveError) Error() string {
+	return fmt.Sprintf("slot %q is in use by another process: %s", e.Slot, e.Detail)
+}
+
+type streamState struct {
+	conn       *Conn
+	opts       Options
+	consumer   Consumer
+	confirmed  outbox.LSN
+	nextStatus time.Time
+}
+
+// read receives messages until ctx ends or a graceful stop may begin.
+func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
+	stopCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-stopCtx.Done():
+		}
+	}()
+
+	s.nextStatus = time.Now().Add(s.opts.StatusInterval)
+	recvCtx, recvCancel := receiveContext(stopCtx, s.nextStatus)
+	defer func() { recvCancel() }()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if time.Now().After(s.nextStatus) {
+			if err := s.sendStatus(0, false); err != nil {
+				return err
+			}
+		}
+		if stopCtx.Err() != nil && !s.consumer.InTransaction() {
+			return nil
+		}
+		if throttle := s.consumer.Throttle(); throttle != nil {
+			if err := s.wait(ctx, throttle); err != nil {
+				return err
+			}
+			continue
+		}
+		if recvCtx.Err() != nil {
+			recvCancel()
+			// After a graceful stop was asked for, keep reading (to reach the
+			// Commit of the open transaction) without the stop cancelling it.
+			parent := stopCtx
+			if stopCtx.Err() != nil {
+				parent = ctx
+			}
+			recvCtx, recvCancel = receiveContext(parent, s.nextStatus)
+		}
+		msg, err := s.conn.conn.ReceiveMessage(recvCtx)
+		if err != nil {
+			if ctx.Err() == nil && recvCtx.Err() != nil {
+				continue // status deadline or graceful stop
+			}
+			return fmt.Errorf("receive from slot %q (confirmed %s): %w", s.opts.Slot, s.confirmed, err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handle(ctx, msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("slot %q: server error: %w", s.opts.Slot, pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return fmt.Errorf("slot %q: server ended the replication stream", s.opts.Slot)
+		}
+	}
+}
+
+// receiveContext bounds one stretch of receives by the next status time, so a
+// quiet stream still wakes up to send status. One context serves many
+// receives: creating one per message would cost a timer each.
+func receiveContext(parent context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(parent, deadline)
+}
+
+func (s *streamState) handle(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.XLogDataByteID:
+		if len(data) < 25 {
+			return fmt.Errorf("slot %q: XLogData of %d bytes", s.opts.Slot, len(data))
+		}
+		walStart := outbox.LSN(binary.BigEndian.Uint64(data[1:]))
+		if err := s.consumer.Message(ctx, walStart, data[25:]); err != nil {
+			return fmt.Errorf("message at %s: %w", walStart, err)
+		}
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("slot %q: %w", s.opts.Slot, err)
+		}
+		if k.ReplyRequested {
+			return s.sendStatus(outbox.LSN(k.ServerWALEnd), true)
+		}
+		s.consumer.Position(outbox.LSN(k.ServerWALEnd))
+	}
+	return nil
+}
+
+// wait blocks while the consumer is over its in-flight cap, still sending
+// status so the server does not time the connection out.
+func (s *streamState) wait(ctx context.Context, throttle <-chan struct{}) error {
+	timer := time.NewTimer(time.Until(s.nextStatus))
+	defer timer.Stop()
+	select {
+	case <-throttle:
+		return nil
+	case <-timer.C:
+		return s.sendStatus(0, false)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// drain stops reading, waits for the consumer to settle and confirms the
+// final position.
+func (s *streamState) drain(ctx context.Context) error {
+	drained := s.consumer.Drain()
+	deadline := time.NewTimer(s.opts.DrainTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(s.opts.StatusInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-drained:
+			return s.sendStatus(0, false)
+		case <-tick.C:
+			if err := s.sendStatus(0, false); err != nil {
+				return err
+			}
+		case <-deadline.C:
+			if err := s.sendStatus(0, false); err != nil {
+				return err
+			}
+			return fmt.Errorf("slot %q: confirmed %s: %w", s.opts.Slot, s.confirmed, ErrDrainTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *streamState) sendStatus(walEnd outbox.LSN, replyRequested bool) error {
+	pos := s.consumer.Position(walEnd)
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn.conn,
+		pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(pos)})
+	if err != nil {
+		return fmt.Errorf("slot %q: send standby status at %s: %w", s.opts.Slot, pos, err)
+	}
+	if pos != s.confirmed {
+		s.conn.log.Debug().Str("lsn", pos.String()).Bool("reply_requested", replyRequested).Msg("confirmed position")
+	}
+	s.confirmed = pos
+	s.nextStatus = time.Now().Add(s.opts.StatusInterval)
+	return nil
+}
