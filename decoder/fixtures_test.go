@@ -18,8 +18,8 @@ const (
 
 var testTable = outbox.Table{Schema: "public", Name: "outbox"}
 
-// outboxColumns is the default outbox table of sql/, as a Relation message
-// describes it.
+// outboxColumns is the default outbox table (sql/outbox.sql), as a Relation
+// message describes it.
 var outboxColumns = []testColumn{
 	{"id", oidUUID},
 	{"aggregatetype", oidText},
@@ -29,6 +29,7 @@ var outboxColumns = []testColumn{
 	{"headers", oidJSONB},
 	{"topic", oidText},
 	{"created_at", oidTimestamp},
+	{"published_at", oidTimestamp},
 }
 
 // withColumn returns outboxColumns with the column name changed to c, or
@@ -75,6 +76,7 @@ func row(changes map[string]testValue) []testValue {
 		text(`{"traceparent": "00-abc-01", "tenant": "acme"}`),
 		text("orders.v2"),
 		text("2024-05-06 07:08:09.123456+00"),
+		null(),
 	}
 	for i, c := range outboxColumns {
 		if v, ok := changes[c.name]; ok {

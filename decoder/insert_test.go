@@ -300,18 +300,18 @@ func TestDecodeInsertFatal(t *testing.T) {
 		},
 		{
 			name:    "column count differs from the relation",
-			data:    encodeInsert(testOID, fullRow()[:7]),
-			wantErr: "insert into public.outbox has 7 columns, its Relation message described 8",
+			data:    encodeInsert(testOID, fullRow()[:8]),
+			wantErr: "insert into public.outbox has 8 columns, its Relation message described 9",
 		},
 		{
 			name:    "unknown column kind",
-			data:    encodeInsert(testOID, append(fullRow()[:7], testValue{kind: 'x'})),
-			wantErr: "pgoutput Insert message: column 8 of 8 has unknown kind 'x'",
+			data:    encodeInsert(testOID, append(fullRow()[:8], testValue{kind: 'x'})),
+			wantErr: "pgoutput Insert message: column 9 of 9 has unknown kind 'x'",
 		},
 		{
 			name:    "value longer than the message",
 			data:    encodeInsert(testOID, fullRow())[:40],
-			wantErr: "pgoutput Insert message is short: column value needs 36 bytes, 27 left (column 1 of 8)",
+			wantErr: "pgoutput Insert message is short: column value needs 36 bytes, 27 left (column 1 of 9)",
 		},
 		{
 			name:    "trailing bytes",

@@ -61,6 +61,9 @@ type Event struct {
 	CommitTime int64
 	// Txn identifies the row's transaction to the checkpoint tracker.
 	Txn uint64
+	// Problem says why the row cannot become a record (a decode error such
+	// as a NULL aggregateid); such an event goes to the dead-letter topic.
+	Problem string
 
 	buf []byte
 }

@@ -42,6 +42,22 @@ type Config struct {
 	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
 	// ShutdownTimeout bounds the drain after SIGTERM/SIGINT.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+
+	DLQTopic          string        `env:"DLQ_TOPIC" envDefault:"outbox.dlq"`
+	ReconcileGrace    time.Duration `env:"RECONCILE_GRACE" envDefault:"5m"`
+	ReconcileInterval time.Duration `env:"RECONCILE_INTERVAL" envDefault:"30s"`
+	ReconcileBatch    int           `env:"RECONCILE_BATCH" envDefault:"500"`
+
+	HTTPAddr          string        `env:"HTTP_ADDR" envDefault:":9187"`
+	LeaderRetry       time.Duration `env:"LEADER_RETRY" envDefault:"2s"`
+	HeartbeatInterval time.Duration `env:"HEARTBEAT_INTERVAL" envDefault:"10s"`
+
+	KafkaTLS           bool   `env:"KAFKA_TLS" envDefault:"false"`
+	KafkaTLSCAFile     string `env:"KAFKA_TLS_CA_FILE"`
+	KafkaTLSSkipVerify bool   `env:"KAFKA_TLS_INSECURE_SKIP_VERIFY" envDefault:"false"`
+	KafkaSASLMechanism string `env:"KAFKA_SASL_MECHANISM"`
+	KafkaSASLUser      string `env:"KAFKA_SASL_USER"`
+	KafkaSASLPassword  string `env:"KAFKA_SASL_PASSWORD"`
 }
 
 // LoadConfig reads the configuration from environ (os.Environ() form) and
@@ -99,6 +115,32 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("SHUTDOWN_TIMEOUT", "%s must be positive", c.ShutdownTimeout)
+	}
+	if c.DLQTopic == "" {
+		bad("DLQ_TOPIC", "must not be empty")
+	}
+	if c.ReconcileGrace <= 0 {
+		bad("RECONCILE_GRACE", "%s must be positive", c.ReconcileGrace)
+	}
+	if c.ReconcileInterval <= 0 {
+		bad("RECONCILE_INTERVAL", "%s must be positive", c.ReconcileInterval)
+	}
+	if c.ReconcileBatch <= 0 {
+		bad("RECONCILE_BATCH", "%d must be positive", c.ReconcileBatch)
+	}
+	if c.LeaderRetry <= 0 {
+		bad("LEADER_RETRY", "%s must be positive", c.LeaderRetry)
+	}
+	if c.HeartbeatInterval < 0 {
+		bad("HEARTBEAT_INTERVAL", "%s must not be negative (0 disables heartbeats)", c.HeartbeatInterval)
+	}
+	switch strings.ToUpper(c.KafkaSASLMechanism) {
+	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		if c.KafkaSASLMechanism != "" && c.KafkaSASLUser == "" {
+			bad("KAFKA_SASL_USER", "must be set when OUTBOX_RELAY_KAFKA_SASL_MECHANISM is")
+		}
+	default:
+		bad("KAFKA_SASL_MECHANISM", "%q is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512", c.KafkaSASLMechanism)
 	}
 	for _, b := range c.KafkaBrokers {
 		if _, _, err := net.SplitHostPort(strings.TrimSpace(b)); err != nil {

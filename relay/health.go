@@ -44,19 +44,56 @@ type Health struct {
 	// stall is how long records may be in flight without the confirmed
 	// position moving before the relay is not ready.
 	stall time.Duration
+
+	lockHealthy bool
+	lockProblem string
+	// heartbeatPending is when the oldest heartbeat not yet seen coming back
+	// through the stream was sent (zero when none is pending).
+	heartbeatPending time.Time
+	heartbeatWait    time.Duration
 }
 
-// NewHealth returns the health of a starting instance.
-func NewHealth() *Health {
-	return &Health{role: RoleStarting, now: time.Now, silence: 75 * time.Second, stall: 2 * time.Minute}
+// NewHealth returns the health of a starting instance. heartbeatInterval is
+// OUTBOX_RELAY_HEARTBEAT_INTERVAL: a heartbeat not back within three
+// intervals (at least 30 s) makes the relay not ready.
+func NewHealth(heartbeatInterval time.Duration) *Health {
+	return &Health{role: RoleStarting, now: time.Now, silence: 75 * time.Second, stall: 2 * time.Minute,
+		heartbeatWait: max(3*heartbeatInterval, 30*time.Second)}
 }
 
 func (h *Health) setRole(role Role, reason string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.role == role && h.reason == reason {
+		return
+	}
 	h.role, h.reason = role, reason
 	now := h.now()
 	h.lastReceived, h.lastProgress = now, now
+	h.heartbeatPending = time.Time{}
+}
+
+func (h *Health) setLockHealthy(ok bool, problem string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lockHealthy, h.lockProblem = ok, problem
+}
+
+// heartbeatSent records a heartbeat written to the WAL.
+func (h *Health) heartbeatSent(t time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.heartbeatPending.IsZero() {
+		h.heartbeatPending = t
+	}
+}
+
+// heartbeatReceived records a heartbeat that came back through the stream.
+func (h *Health) heartbeatReceived() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.heartbeatPending = time.Time{}
+	h.lastReceived = h.now()
 }
 
 // received records that the stream delivered something.
@@ -83,8 +120,16 @@ func (h *Health) Ready() (bool, string) {
 	now := h.now()
 	switch h.role {
 	case RoleStandby:
+		if !h.lockHealthy {
+			return false, "standby: leader lock session broken: " + h.lockProblem
+		}
 		return true, "standby: leader lock session healthy"
 	case RoleStreaming:
+		if !h.heartbeatPending.IsZero() && h.heartbeatWait > 0 {
+			if d := now.Sub(h.heartbeatPending); d > h.heartbeatWait {
+				return false, fmt.Sprintf("a heartbeat written %s ago has not come back through the replication stream", d.Round(time.Second))
+			}
+		}
 		if d := now.Sub(h.lastReceived); d > h.silence {
 			return false, fmt.Sprintf("nothing received from the replication stream for %s", d.Round(time.Second))
 		}

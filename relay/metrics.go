@@ -17,6 +17,9 @@ type Metrics struct {
 	brokerErrors  *prometheus.CounterVec
 	reconnects    prometheus.Counter
 	leader        prometheus.Gauge
+	slotRetained  prometheus.Gauge
+	oldestUnacked prometheus.Gauge
+	heartbeats    prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -63,8 +66,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "outbox_relay_leader",
 			Help: "1 while this instance holds the leader lock and streams, 0 otherwise.",
 		}),
+		slotRetained: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_relay_slot_retained_wal_bytes",
+			Help: "WAL the replication slot keeps on the server (pg_current_wal_lsn() - restart_lsn).",
+		}),
+		oldestUnacked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_relay_oldest_unacked_age_seconds",
+			Help: "Age of the oldest outbox row whose delivery is not recorded yet (ACK_MODE delete/mark).",
+		}),
+		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outbox_relay_heartbeats_total",
+			Help: "Heartbeat messages written with pg_logical_emit_message.",
+		}),
 	}
 	reg.MustRegister(m.published, m.deadLettered, m.transactions, m.commitToAck, m.inflightBytes,
-		m.inflightRecs, m.confirmedLSN, m.brokerErrors, m.reconnects, m.leader)
+		m.inflightRecs, m.confirmedLSN, m.brokerErrors, m.reconnects, m.leader, m.slotRetained,
+		m.oldestUnacked, m.heartbeats)
 	return m
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/outbox-relay/outbox-relay/checkpoint"
 	"github.com/outbox-relay/outbox-relay/decoder"
@@ -18,6 +19,7 @@ import (
 // eventPublisher sends events to Kafka; Publish is never called concurrently.
 type eventPublisher interface {
 	Publish(ctx context.Context, events []outbox.Event) ([]publisher.Failure, error)
+	PublishRaw(ctx context.Context, msgs []kafka.Message) ([]publisher.Failure, error)
 	Topic(ev *outbox.Event) (string, error)
 }
 
@@ -52,6 +54,8 @@ type pipeline struct {
 	batchRecords int
 	batchBytes   int64
 	metrics      *Metrics
+	dlqTopic     string
+	health       *Health
 
 	// Owned by the stream goroutine.
 	cur        *batch
@@ -75,18 +79,32 @@ type pipeline struct {
 
 const maxFreeBatches = 16
 
-func newPipeline(log zerolog.Logger, dec *decoder.Decoder, pub eventPublisher, acker rowAcker,
-	tracker *checkpoint.Tracker, maxInflight int64, m *Metrics) *pipeline {
+// pipelineDeps are what a pipeline is built from.
+type pipelineDeps struct {
+	log         zerolog.Logger
+	decoder     *decoder.Decoder
+	publisher   eventPublisher
+	acker       rowAcker // nil with ACK_MODE none
+	tracker     *checkpoint.Tracker
+	metrics     *Metrics
+	health      *Health
+	maxInflight int64
+	dlqTopic    string
+}
+
+func newPipeline(d pipelineDeps) *pipeline {
 	p := &pipeline{
-		log:          log,
-		dec:          dec,
-		pub:          pub,
-		acker:        acker,
-		maxInflight:  maxInflight,
+		log:          d.log,
+		dec:          d.decoder,
+		pub:          d.publisher,
+		acker:        d.acker,
+		maxInflight:  d.maxInflight,
 		batchRecords: 1000,
 		batchBytes:   1 << 20,
-		metrics:      m,
-		tracker:      tracker,
+		metrics:      d.metrics,
+		health:       d.health,
+		dlqTopic:     d.dlqTopic,
+		tracker:      d.tracker,
 		publishWake:  make(chan struct{}, 1),
 		ackWake:      make(chan struct{}, 1),
 		room:         make(chan struct{}, 1),
@@ -106,10 +124,12 @@ func (p *pipeline) Message(ctx context.Context, walStart outbox.LSN, data []byte
 	msg, err := p.dec.Decode(data, ev)
 	if err != nil {
 		var rowErr *decoder.RowError
-		if errors.As(err, &rowErr) {
-			return fatalf("row at %s cannot be published: %w", walStart, err)
+		if !errors.As(err, &rowErr) || msg.Kind != decoder.KindInsert {
+			return fatalf("decode message at %s: %w", walStart, err)
 		}
-		return fatalf("decode message at %s: %w", walStart, err)
+		ev.Problem = rowErr.Error() // dead-lettered with reason decode_error
+	} else {
+		ev.Problem = ""
 	}
 	switch msg.Kind {
 	case decoder.KindBegin:
@@ -146,6 +166,21 @@ func (p *pipeline) Message(ctx context.Context, walStart outbox.LSN, data []byte
 		}
 		p.inTxn = false
 		p.metrics.transactions.Inc()
+		p.health.received()
+	case decoder.KindMessage:
+		if string(msg.Prefix) == heartbeatPrefix {
+			p.health.heartbeatReceived()
+		}
+		if !msg.Transactional && !p.inTxn {
+			// Every transaction that committed before this message has been
+			// received, so when nothing is in flight its position is safe to
+			// confirm: the heartbeat moves an idle slot.
+			p.mu.Lock()
+			if p.inflight == 0 {
+				p.tracker.AdvanceIdle(walStart)
+			}
+			p.mu.Unlock()
+		}
 	}
 	return nil
 }
@@ -177,13 +212,18 @@ func (p *pipeline) handOver() error {
 
 // Position implements replication.Consumer.
 func (p *pipeline) Position(walEnd outbox.LSN) outbox.LSN {
+	if walEnd != 0 {
+		p.health.received()
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if walEnd != 0 && !p.inTxn && p.inflight == 0 {
 		p.tracker.AdvanceIdle(walEnd)
 	}
 	w := p.tracker.Watermark()
+	inflight := p.inflight > 0
+	p.mu.Unlock()
 	p.metrics.confirmedLSN.Set(float64(w))
+	p.health.progress(w, inflight)
 	return w
 }
 
@@ -226,17 +266,14 @@ func (p *pipeline) publishLoop(ctx context.Context) error {
 			}
 			events = scratch
 		}
-		failures, err := p.pub.Publish(ctx, events)
+		delivered, err := p.deliver(ctx, events)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("publish %d records: %w", len(events), err)
+			return err
 		}
-		if len(failures) > 0 {
-			return p.failed(events, failures)
-		}
-		p.metrics.published.Add(float64(len(events)))
+		p.metrics.published.Add(float64(delivered))
 		now := time.Now().UnixNano()
 		for _, b := range batches {
 			p.metrics.commitToAck.Observe(float64(now-b.events[0].CommitTime) / 1e9)
@@ -252,14 +289,78 @@ func (p *pipeline) publishLoop(ctx context.Context) error {
 	}
 }
 
-// failed turns a permanent rejection into a fatal, named error.
-func (p *pipeline) failed(events []outbox.Event, failures []publisher.Failure) error {
-	f := failures[0]
-	ev := &events[f.Index]
-	topic, _ := p.pub.Topic(ev)
-	p.metrics.brokerErrors.WithLabelValues(f.Reason).Inc()
-	return fatalf("kafka rejected the record of row id=%s (topic %q, lsn %s) permanently (%s): %w; %d record(s) rejected in this batch",
-		ev.ID, topic, ev.LSN, f.Reason, f.Err, len(failures))
+// deliver publishes events to their topics and the ones that cannot go
+// there (decode problems, permanent broker rejections) to the dead-letter
+// topic. It returns how many reached their own topic. Every event is settled
+// when it returns nil: either acked in its topic or acked as a dead letter.
+func (p *pipeline) deliver(ctx context.Context, events []outbox.Event) (int, error) {
+	var dead []deadLetter
+	toPublish := events
+	var index []int // toPublish position → events position, when filtered
+	for i := range events {
+		if events[i].Problem != "" {
+			if index == nil {
+				toPublish, index = make([]outbox.Event, 0, len(events)), make([]int, 0, len(events))
+				for j := range i {
+					toPublish, index = append(toPublish, events[j]), append(index, j)
+				}
+			}
+			dead = append(dead, deadLetter{ev: &events[i], reason: outbox.ReasonDecodeError, errText: events[i].Problem})
+			continue
+		}
+		if index != nil {
+			toPublish, index = append(toPublish, events[i]), append(index, i)
+		}
+	}
+	failures, err := p.pub.Publish(ctx, toPublish)
+	if err != nil {
+		return 0, fmt.Errorf("publish %d records: %w", len(toPublish), err)
+	}
+	for _, f := range failures {
+		i := f.Index
+		if index != nil {
+			i = index[i]
+		}
+		p.metrics.brokerErrors.WithLabelValues(f.Reason).Inc()
+		dead = append(dead, deadLetter{ev: &events[i], reason: f.Reason, errText: f.Err.Error()})
+	}
+	if len(dead) == 0 {
+		return len(events), nil
+	}
+	if err := p.deadLetter(ctx, dead); err != nil {
+		return 0, err
+	}
+	return len(events) - len(dead), nil
+}
+
+// deadLetter publishes records to the dead-letter topic. If that topic
+// rejects one too, the relay stops: it never skips a row.
+func (p *pipeline) deadLetter(ctx context.Context, dead []deadLetter) error {
+	msgs := make([]kafka.Message, len(dead))
+	for i := range dead {
+		d := &dead[i]
+		if topic, err := p.pub.Topic(d.ev); err == nil {
+			d.originalTopic = topic
+		}
+		msgs[i] = deadLetterMessage(p.dlqTopic, *d)
+	}
+	failures, err := p.pub.PublishRaw(ctx, msgs)
+	if err != nil {
+		return fmt.Errorf("publish %d dead letters to %q: %w", len(msgs), p.dlqTopic, err)
+	}
+	if len(failures) > 0 {
+		f := failures[0]
+		d := dead[f.Index]
+		return fatalf("dead-letter topic %q rejected the record of row id=%s (lsn %s, dead-lettered for %s) permanently (%s): %w",
+			p.dlqTopic, d.ev.ID, d.ev.LSN, d.reason, f.Reason, f.Err)
+	}
+	for _, d := range dead {
+		p.metrics.deadLettered.WithLabelValues(d.reason).Inc()
+		p.log.Warn().Str("id", string(d.ev.ID)).Str("lsn", d.ev.LSN.String()).Str("reason", d.reason).
+			Str("original_topic", d.originalTopic).Str("dlq_topic", p.dlqTopic).Str("error", d.errText).
+			Msg("row sent to the dead-letter topic")
+	}
+	return nil
 }
 
 // ackLoop deletes or marks delivered rows, then settles them.

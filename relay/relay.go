@@ -47,6 +47,7 @@ type Relay struct {
 	cfg     Config
 	log     zerolog.Logger
 	metrics *Metrics
+	health  *Health
 	pub     *publisher.Publisher
 }
 
@@ -62,42 +63,107 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) (*Relay, err
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
-	return &Relay{cfg: cfg, log: log, metrics: NewMetrics(reg), pub: pub}, nil
+	return &Relay{cfg: cfg, log: log, metrics: NewMetrics(reg), health: NewHealth(cfg.HeartbeatInterval), pub: pub}, nil
 }
 
 // Close releases the Kafka producer.
 func (r *Relay) Close() error { return r.pub.Close() }
 
+// Health returns the state /readyz reports.
+func (r *Relay) Health() *Health { return r.health }
+
 // Run streams until ctx ends (abrupt stop) or stop is closed (graceful stop:
 // finish the open transaction, wait for in-flight acks, confirm the final
-// position). It retries broken connections with backoff and returns only on a
-// stop or a fatal error.
+// position). Only the holder of the leader lock streams; others stand by and
+// take over when it goes. It retries broken connections with backoff and
+// returns only on a stop or a fatal error.
 func (r *Relay) Run(ctx context.Context, stop <-chan struct{}) error {
-	log := r.log.With().Str("component", "relay").Logger()
-	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
+	log := r.log.With().Str("component", "leader").Logger()
 	for {
-		err := r.session(ctx, stop)
+		lock, err := r.acquireLeadership(ctx, stop, log)
+		if err != nil || lock == nil {
+			r.health.setRole(RoleStopping, "")
+			return err
+		}
+		err = r.lead(ctx, stop, lock, log)
+		lock.Close(context.WithoutCancel(ctx))
+		r.metrics.leader.Set(0)
+		if errors.Is(err, errLostLeadership) {
+			r.health.setRole(RoleStandby, "lost the leader lock")
+			log.Warn().Err(err).Msg("leadership lost; standing by")
+			continue
+		}
+		r.health.setRole(RoleStopping, "")
 		if err == nil {
 			log.Info().Msg("stopped cleanly")
+		}
+		return err
+	}
+}
+
+// lead streams while this instance holds the leader lock.
+func (r *Relay) lead(ctx context.Context, stop <-chan struct{}, lock *pgx.Conn, log zerolog.Logger) error {
+	r.metrics.leader.Set(1)
+	leaderCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watchDone := make(chan error, 1)
+	go func() {
+		err := r.watchLeadership(leaderCtx, lock, log)
+		if err != nil {
+			cancel(err)
+		}
+		watchDone <- err
+	}()
+	err := r.stream(leaderCtx, stop)
+	cancel(nil)
+	if werr := <-watchDone; werr != nil {
+		return werr
+	}
+	return err
+}
+
+// stream runs streaming sessions, reconnecting with backoff after errors
+// that a retry can fix.
+func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
+	log := r.log.With().Str("component", "relay").Logger()
+	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
+	var busySince time.Time
+	for {
+		started := time.Now()
+		err := r.session(ctx, stop)
+		if err == nil {
 			return nil
 		}
 		if IsFatal(err) || errors.Is(err, replication.ErrDrainTimeout) {
 			return err
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return context.Cause(ctx)
 		}
 		select {
 		case <-stop:
 			return nil
 		default:
 		}
+		if time.Since(started) > time.Minute {
+			backoff = newBackoff(200*time.Millisecond, 10*time.Second)
+		}
 		delay := backoff.next()
 		r.metrics.reconnects.Inc()
 		var active *replication.SlotActiveError
 		if errors.As(err, &active) {
-			log.Warn().Err(err).Dur("retry_in", delay).Msg("slot is busy; waiting for the other process to let go")
+			if busySince.IsZero() {
+				busySince = time.Now()
+			}
+			r.health.setRole(RoleStarting, err.Error())
+			log.Warn().Err(err).Dur("retry_in", delay).Dur("busy_for", time.Since(busySince)).
+				Msg("holding the leader lock but the slot is still active (a previous leader's walsender?); waiting")
+			if time.Since(busySince) > staleWalsenderAfter {
+				r.terminateStaleWalsender(ctx, log)
+			}
 		} else {
+			busySince = time.Time{}
+			r.health.setRole(RoleStarting, err.Error())
 			log.Error().Err(err).Dur("retry_in", delay).Msg("streaming session failed; reconnecting")
 		}
 		select {
@@ -105,9 +171,34 @@ func (r *Relay) Run(ctx context.Context, stop <-chan struct{}) error {
 		case <-stop:
 			return nil
 		case <-ctx.Done():
-			return ctx.Err()
+			return context.Cause(ctx)
 		}
 	}
+}
+
+// staleWalsenderAfter is how long the leader waits for a slot to become
+// inactive before it terminates the walsender holding it: longer than the
+// default wal_sender_timeout (60 s), after which Postgres would have ended a
+// walsender whose client is truly gone.
+const staleWalsenderAfter = 75 * time.Second
+
+// terminateStaleWalsender ends the walsender still holding our slot. Only the
+// leader calls it, so the process on the other end cannot be a live leader.
+func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger) {
+	conn, err := pgx.Connect(ctx, r.cfg.PGURL)
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var pid *int32
+	var ok *bool
+	err = conn.QueryRow(ctx, `SELECT active_pid, pg_terminate_backend(active_pid)
+		FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, r.cfg.Slot).Scan(&pid, &ok)
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot terminate the stale walsender")
+		return
+	}
+	log.Warn().Int32("pid", *pid).Bool("terminated", ok != nil && *ok).Msg("terminated the stale walsender holding the slot")
 }
 
 // session runs one streaming session: connect, check, stream until it ends.
@@ -159,11 +250,22 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode)
 	}
 	tracker := checkpoint.New(slot.ConfirmedFlushLSN)
-	p := newPipeline(log, decoder.New(table, mapping), r.pub, acker, tracker, cfg.MaxInflightBytes, r.metrics)
+	p := newPipeline(pipelineDeps{
+		log:         log,
+		decoder:     decoder.New(table, mapping),
+		publisher:   r.pub,
+		acker:       acker,
+		tracker:     tracker,
+		metrics:     r.metrics,
+		health:      r.health,
+		maxInflight: cfg.MaxInflightBytes,
+		dlqTopic:    cfg.DLQTopic,
+	})
 	r.metrics.confirmedLSN.Set(float64(slot.ConfirmedFlushLSN))
 
 	log.Info().Str("slot", cfg.Slot).Str("publication", cfg.Publication).Str("table", table.String()).
 		Str("lsn", slot.ConfirmedFlushLSN.String()).Str("ack_mode", string(cfg.AckMode)).Msg("streaming")
+	r.health.setRole(RoleStreaming, "")
 
 	g, gctx := errgroup.WithContext(ctx)
 	pipeCtx, stopPipeline := context.WithCancel(gctx)

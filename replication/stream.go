@@ -126,7 +126,9 @@ var ErrDrainTimeout = errors.New("shutdown timed out before every record in flig
 // closed (a graceful stop: it finishes the open transaction, drains c, sends
 // the final position and returns nil).
 func (c *Conn) Stream(ctx context.Context, stop <-chan struct{}, opts Options, consumer Consumer) error {
-	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", opts.Publication)}
+	// messages 'true' brings the relay's heartbeats (pg_logical_emit_message)
+	// back through the stream, which proves the stream end to end.
+	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", opts.Publication), "messages 'true'"}
 	err := pglogrepl.StartReplication(ctx, c.conn, opts.Slot, 0,
 		pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args})
 	if err != nil {

@@ -40,7 +40,9 @@ func demo(relayBin string, events int, keep bool) error {
 	defer cancel()
 
 	step("starting a throw-away Postgres (wal_level=logical) from the local binaries")
-	pg, err := devenv.StartPostgres(ctx, devenv.PostgresOptions{})
+	// synchronous_commit on: the walsender sends only flushed WAL, so "off"
+	// would add up to wal_writer_delay (200 ms) to every event.
+	pg, err := devenv.StartPostgres(ctx, devenv.PostgresOptions{Settings: map[string]string{"synchronous_commit": "on"}})
 	if err != nil {
 		return err
 	}
@@ -89,7 +91,28 @@ func demo(relayBin string, events int, keep bool) error {
 	}
 	defer conn.Close(context.Background())
 
-	step(fmt.Sprintf("inserting %d events, each in a transaction with its business change", events))
+	// The consumer runs while the events are inserted, so the latency shown is
+	// commit → relay → broker → consumer, not the time this demo took.
+	client, err := kgo.NewClient(kgo.SeedBrokers(kafka.Addrs()...), kgo.ConsumeTopics("outbox.event.order"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(10*time.Millisecond))
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	type arrival struct {
+		rec *kgo.Record
+		at  time.Time
+	}
+	arrivals := make(chan arrival, events)
+	readCtx, cancelRead := context.WithTimeout(ctx, 60*time.Second)
+	defer cancelRead()
+	go func() {
+		for readCtx.Err() == nil {
+			client.PollFetches(readCtx).EachRecord(func(r *kgo.Record) { arrivals <- arrival{r, time.Now()} })
+		}
+	}()
+
+	step(fmt.Sprintf("inserting %d events, one every 100 ms, each in a transaction with its business change", events))
 	if _, err := conn.Exec(ctx, "CREATE TABLE orders (id int PRIMARY KEY, status text)"); err != nil {
 		return err
 	}
@@ -115,40 +138,34 @@ func demo(relayBin string, events int, keep bool) error {
 			return err
 		}
 		committed[id] = time.Now()
+		time.Sleep(100 * time.Millisecond)
 	}
 
-	step("reading them back with an independent Kafka consumer (franz-go)")
-	client, err := kgo.NewClient(kgo.SeedBrokers(kafka.Addrs()...), kgo.ConsumeTopics("outbox.event.order"),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		return err
-	}
-	defer client.Close()
+	step("what an independent Kafka consumer (franz-go) read, with the time from commit to its arrival")
 	seen := 0
-	deadline, cancelRead := context.WithTimeout(ctx, 30*time.Second)
-	defer cancelRead()
 	for seen < events {
-		fetches := client.PollFetches(deadline)
-		if err := deadline.Err(); err != nil {
-			return fmt.Errorf("only %d of %d events arrived: %w", seen, events, err)
+		var a arrival
+		select {
+		case a = <-arrivals:
+		case <-readCtx.Done():
+			return fmt.Errorf("only %d of %d events arrived: %w", seen, events, readCtx.Err())
 		}
-		fetches.EachRecord(func(r *kgo.Record) {
-			seen++
-			var hdrs []string
-			id := ""
-			for _, h := range r.Headers {
-				hdrs = append(hdrs, h.Key+"="+string(h.Value))
-				if h.Key == "id" {
-					id = string(h.Value)
-				}
+		seen++
+		r := a.rec
+		var hdrs []string
+		id := ""
+		for _, h := range r.Headers {
+			hdrs = append(hdrs, h.Key+"="+string(h.Value))
+			if h.Key == "id" {
+				id = string(h.Value)
 			}
-			latency := ""
-			if t, ok := committed[id]; ok {
-				latency = fmt.Sprintf("  (%.1f ms after commit)", float64(time.Since(t).Microseconds())/1000)
-			}
-			fmt.Printf("    %s[%d]@%d key=%s value=%s headers=[%s]%s\n",
-				r.Topic, r.Partition, r.Offset, r.Key, r.Value, strings.Join(hdrs, " "), latency)
-		})
+		}
+		latency := ""
+		if t, ok := committed[id]; ok {
+			latency = fmt.Sprintf("  (%.1f ms after commit)", float64(a.at.Sub(t).Microseconds())/1000)
+		}
+		fmt.Printf("    %s[%d]@%d key=%s value=%s headers=[%s]%s\n",
+			r.Topic, r.Partition, r.Offset, r.Key, r.Value, strings.Join(hdrs, " "), latency)
 	}
 
 	time.Sleep(500 * time.Millisecond) // let a status interval pass so the position below is current

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
 	"github.com/outbox-relay/outbox-relay/relay"
@@ -89,7 +91,9 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 // timeout passing by a margin, stops at once.
 func runDaemon(cfg relay.Config, log zerolog.Logger) int {
 	mainLog := log.With().Str("component", "main").Logger()
-	r, err := relay.New(cfg, log, nil)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r, err := relay.New(cfg, log, reg)
 	if err != nil {
 		mainLog.Error().Err(err).Msg("cannot start")
 		return exitFailed
@@ -98,6 +102,13 @@ func runDaemon(cfg relay.Config, log zerolog.Logger) int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if cfg.HTTPAddr != "" {
+		_, _, err := relay.ServeHTTP(ctx, cfg.HTTPAddr, reg, r.Health(), log.With().Str("component", "http").Logger())
+		if err != nil {
+			mainLog.Error().Err(err).Msg("cannot serve metrics and health")
+			return exitFailed
+		}
+	}
 	stop := make(chan struct{})
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)

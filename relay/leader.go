@@ -1,0 +1,244 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+)
+
+// errLostLeadership ends a leader's streaming when its lock session broke.
+var errLostLeadership = errors.New("lost the leader lock")
+
+// lockKey derives the advisory lock key from the slot name, so relays of
+// different slots in one database do not exclude each other.
+func lockKey(slot string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("outbox-relay:" + slot))
+	return int64(h.Sum64())
+}
+
+// connectLockSession opens the dedicated session that holds the leader lock.
+// TCP keepalives make a dead peer visible within seconds, in both directions.
+func connectLockSession(ctx context.Context, pgURL string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(pgURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse OUTBOX_RELAY_PG_URL: %w", err)
+	}
+	dialer := &net.Dialer{
+		Timeout:         10 * time.Second,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3},
+	}
+	cfg.DialFunc = dialer.DialContext
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "outbox-relay-lock"
+	}
+	// Server-side keepalives let Postgres release the lock of a partitioned
+	// leader instead of waiting for the kernel's default of hours.
+	cfg.RuntimeParams["tcp_keepalives_idle"] = "5"
+	cfg.RuntimeParams["tcp_keepalives_interval"] = "2"
+	cfg.RuntimeParams["tcp_keepalives_count"] = "3"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open leader lock session: %w", err)
+	}
+	return conn, nil
+}
+
+// acquireLeadership blocks until this instance holds the leader lock (it
+// returns the lock session) or the relay stops (nil, nil).
+func (r *Relay) acquireLeadership(ctx context.Context, stop <-chan struct{}, log zerolog.Logger) (*pgx.Conn, error) {
+	key := lockKey(r.cfg.Slot)
+	var conn *pgx.Conn
+	standbyLogged := false
+	retry := newBackoff(r.cfg.LeaderRetry, 30*time.Second)
+	for {
+		if conn == nil {
+			c, err := connectLockSession(ctx, r.cfg.PGURL)
+			if err != nil {
+				r.health.setRole(RoleStandby, "")
+				r.health.setLockHealthy(false, err.Error())
+				log.Error().Err(err).Msg("cannot open the leader lock session; retrying")
+			} else {
+				conn = c
+				retry = newBackoff(r.cfg.LeaderRetry, 30*time.Second)
+			}
+		}
+		if conn != nil {
+			var got bool
+			err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got)
+			switch {
+			case err != nil:
+				log.Error().Err(err).Msg("leader lock session broke; reconnecting")
+				r.health.setLockHealthy(false, err.Error())
+				conn.Close(context.WithoutCancel(ctx))
+				conn = nil
+			case got:
+				log.Info().Str("slot", r.cfg.Slot).Int64("lock_key", key).Msg("leader lock acquired")
+				return conn, nil
+			default:
+				if !standbyLogged {
+					log.Info().Str("slot", r.cfg.Slot).Dur("retry", r.cfg.LeaderRetry).Msg("another instance leads; standing by")
+					standbyLogged = true
+				}
+				r.health.setRole(RoleStandby, "")
+				r.health.setLockHealthy(true, "")
+				r.metrics.leader.Set(0)
+			}
+		}
+		delay := r.cfg.LeaderRetry
+		if conn == nil {
+			delay = retry.next()
+		}
+		select {
+		case <-time.After(delay):
+		case <-stop:
+			if conn != nil {
+				conn.Close(context.WithoutCancel(ctx))
+			}
+			return nil, nil
+		case <-ctx.Done():
+			if conn != nil {
+				conn.Close(context.WithoutCancel(ctx))
+			}
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// watchLeadership runs beside the leader's streaming on the lock session: it
+// checks the session every second (a broken session means another instance
+// may already lead, so it returns errLostLeadership at once), emits
+// heartbeats, and watches the slot and the outbox table.
+func (r *Relay) watchLeadership(ctx context.Context, conn *pgx.Conn, log zerolog.Logger) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var lastHeartbeat, lastSlotCheck, lastAgeCheck time.Time
+	for {
+		now := time.Now()
+		pingCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := conn.Ping(pingCtx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			log.Error().Err(err).Msg("leader lock session broke: stopping the stream at once")
+			return fmt.Errorf("%w: %v", errLostLeadership, err)
+		}
+		if r.cfg.HeartbeatInterval > 0 && now.Sub(lastHeartbeat) >= r.cfg.HeartbeatInterval {
+			lastHeartbeat = now
+			if err := r.heartbeat(ctx, conn); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Msg("heartbeat failed")
+			}
+		}
+		if now.Sub(lastSlotCheck) >= time.Minute {
+			lastSlotCheck = now
+			if err := r.checkSlotWAL(ctx, conn, log); err != nil {
+				return err
+			}
+		}
+		if r.cfg.AckMode != AckNone && now.Sub(lastAgeCheck) >= 5*time.Second {
+			lastAgeCheck = now
+			if err := r.measureOldestUnacked(ctx, conn); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Msg("cannot measure the oldest unacked row")
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// heartbeatPrefix marks the relay's own logical messages.
+const heartbeatPrefix = "outbox-relay"
+
+// heartbeat writes a non-transactional logical message: WAL in the outbox's
+// database, so the walsender has something to send and the slot's position
+// moves even when the only writes are in other databases.
+func (r *Relay) heartbeat(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2)", heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano))
+	if err != nil {
+		return fmt.Errorf("emit heartbeat: %w", err)
+	}
+	r.health.heartbeatSent(time.Now())
+	r.metrics.heartbeats.Inc()
+	return nil
+}
+
+// checkSlotWAL reads how much WAL the slot retains and warns before Postgres
+// invalidates it; a lost slot stops the relay.
+func (r *Relay) checkSlotWAL(ctx context.Context, conn *pgx.Conn, log zerolog.Logger) error {
+	var walStatus, maxKeep *string
+	var safeWAL, retained *int64
+	err := conn.QueryRow(ctx, `
+		SELECT wal_status, safe_wal_size, (pg_current_wal_lsn() - restart_lsn)::bigint,
+		       current_setting('max_slot_wal_keep_size')
+		FROM pg_replication_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&walStatus, &safeWAL, &retained, &maxKeep)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fatalf("slot %q disappeared while streaming: someone dropped it; run `outbox-relay setup --recreate-slot`", r.cfg.Slot)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn().Err(err).Msg("cannot read the slot's WAL status")
+		}
+		return nil
+	}
+	if retained != nil {
+		r.metrics.slotRetained.Set(float64(*retained))
+	}
+	status := deref(walStatus)
+	ev := log.Debug()
+	switch status {
+	case "lost":
+		return fatalf("slot %q is lost (its WAL was removed): run `outbox-relay setup --recreate-slot`", r.cfg.Slot)
+	case "unreserved":
+		ev = log.Warn()
+	}
+	if safeWAL != nil && *safeWAL < 1<<30 {
+		ev = log.Warn()
+	}
+	e := ev.Str("slot", r.cfg.Slot).Str("wal_status", status).Str("max_slot_wal_keep_size", deref(maxKeep))
+	if retained != nil {
+		e = e.Int64("retained_wal_bytes", *retained)
+	}
+	if safeWAL != nil {
+		e = e.Int64("safe_wal_size", *safeWAL)
+	}
+	e.Msg("slot WAL status")
+	return nil
+}
+
+// measureOldestUnacked sets the age of the oldest row whose delivery is not
+// recorded yet.
+func (r *Relay) measureOldestUnacked(ctx context.Context, conn *pgx.Conn) error {
+	m := outbox.DefaultMapping()
+	where := ""
+	if r.cfg.AckMode == AckMark {
+		where = " WHERE " + outbox.QuoteIdent(m.PublishedAt) + " IS NULL"
+	}
+	var age float64
+	err := conn.QueryRow(ctx, fmt.Sprintf("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(%s)), 0)::float8 FROM %s%s",
+		outbox.QuoteIdent(m.CreatedAt), r.cfg.TableName().Quoted(), where)).Scan(&age)
+	if err != nil {
+		return err
+	}
+	r.metrics.oldestUnacked.Set(max(age, 0))
+	return nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
