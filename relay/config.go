@@ -48,7 +48,9 @@ type Config struct {
 	ReconcileInterval time.Duration `env:"RECONCILE_INTERVAL" envDefault:"30s"`
 	ReconcileBatch    int           `env:"RECONCILE_BATCH" envDefault:"500"`
 
-	HTTPAddr          string        `env:"HTTP_ADDR" envDefault:":9187"`
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:":9187"`
+	// PProf serves net/http/pprof under /debug/pprof/ on HTTP_ADDR.
+	PProf             bool          `env:"PPROF" envDefault:"false"`
 	LeaderRetry       time.Duration `env:"LEADER_RETRY" envDefault:"2s"`
 	HeartbeatInterval time.Duration `env:"HEARTBEAT_INTERVAL" envDefault:"10s"`
 

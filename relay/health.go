@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -155,7 +156,7 @@ func (h *Health) Role() Role {
 // ServeHTTP serves /metrics, /healthz and /readyz on addr until ctx ends.
 // A listen failure is returned at once, so a misconfigured address stops the
 // relay at start instead of leaving it unobservable.
-func ServeHTTP(ctx context.Context, addr string, gatherer prometheus.Gatherer, health *Health, log zerolog.Logger) (net.Addr, <-chan error, error) {
+func ServeHTTP(ctx context.Context, addr string, gatherer prometheus.Gatherer, health *Health, pprofOn bool, log zerolog.Logger) (net.Addr, <-chan error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("OUTBOX_RELAY_HTTP_ADDR %q: %w", addr, err)
@@ -173,6 +174,12 @@ func ServeHTTP(ctx context.Context, addr string, gatherer prometheus.Gatherer, h
 		}
 		writeStatus(w, code, map[string]any{"ready": ready, "reason": reason, "role": string(health.Role())})
 	})
+	if pprofOn {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
 	go func() {

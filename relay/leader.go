@@ -221,14 +221,9 @@ func (r *Relay) checkSlotWAL(ctx context.Context, conn *pgx.Conn, log zerolog.Lo
 // measureOldestUnacked sets the age of the oldest row whose delivery is not
 // recorded yet.
 func (r *Relay) measureOldestUnacked(ctx context.Context, conn *pgx.Conn) error {
-	m := outbox.DefaultMapping()
-	where := ""
-	if r.cfg.AckMode == AckMark {
-		where = " WHERE " + outbox.QuoteIdent(m.PublishedAt) + " IS NULL"
-	}
 	var age float64
 	err := conn.QueryRow(ctx, fmt.Sprintf("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(%s)), 0)::float8 FROM %s%s",
-		outbox.QuoteIdent(m.CreatedAt), r.cfg.TableName().Quoted(), where)).Scan(&age)
+		outbox.QuoteIdent(outbox.DefaultMapping().CreatedAt), r.cfg.TableName().Quoted(), unackedWhere(r.cfg.AckMode))).Scan(&age)
 	if err != nil {
 		return err
 	}

@@ -13,9 +13,23 @@ import (
 	"github.com/outbox-relay/outbox-relay/sql"
 )
 
+// SetupOptions change what Setup does.
+type SetupOptions struct {
+	// RecreateSlot drops the existing slot (a lost or invalidated one) so
+	// that the next `run` creates it anew and backfills the unacked rows the
+	// WAL will never show.
+	RecreateSlot bool
+}
+
 // Setup idempotently creates the outbox table, the publication and the slot,
-// and prints what it did to out. It never drops anything.
-func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer) error {
+// and prints what it did to out. It drops nothing unless asked to recreate
+// the slot.
+//
+// It leaves the slot to `run` when the table already holds unacked rows:
+// those rows are older than any new slot, so only the relay, which creates the
+// slot with an exported snapshot and publishes them before streaming, can
+// deliver them with no gap and no double.
+func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, opts SetupOptions) error {
 	table := cfg.TableName()
 	conn, err := pgx.Connect(ctx, cfg.PGURL)
 	if err != nil {
@@ -51,12 +65,35 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer) e
 	if err != nil {
 		return err
 	}
+	if ok && opts.RecreateSlot {
+		if slot.Active {
+			return fmt.Errorf("slot %q is in use by pid %d: stop the relay before recreating the slot", cfg.Slot, slot.ActivePID)
+		}
+		if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", cfg.Slot); err != nil {
+			return fmt.Errorf("drop slot %q: %w", cfg.Slot, err)
+		}
+		log.Warn().Str("slot", cfg.Slot).Str("wal_status", slot.WALStatus).Str("confirmed", slot.ConfirmedFlushLSN.String()).
+			Msg("dropped the slot to recreate it")
+		fmt.Fprintf(out, "slot %s: dropped (was %s, confirmed %s)\n", cfg.Slot, orUnknown(slot.WALStatus), slot.ConfirmedFlushLSN)
+		ok = false
+	}
 	if ok {
 		if err := replication.CheckSlot(ctx, conn, slot); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "slot %s: exists (confirmed %s)\n", cfg.Slot, slot.ConfirmedFlushLSN)
 		return nil
+	}
+	if cfg.AckMode != AckNone {
+		var unacked int64
+		if err := conn.QueryRow(ctx, countUnackedSQL(table, cfg.AckMode)).Scan(&unacked); err != nil {
+			return fmt.Errorf("count unacked rows of %s: %w", table, err)
+		}
+		if unacked > 0 || opts.RecreateSlot {
+			fmt.Fprintf(out, "slot %s: left to `outbox-relay run`, which creates it and first publishes the %d unacked row(s) already in %s (backfill)\n",
+				cfg.Slot, unacked, table)
+			return nil
+		}
 	}
 	repl, err := replication.Connect(ctx, cfg.PGURL, log)
 	if err != nil {
@@ -69,4 +106,25 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer) e
 	}
 	fmt.Fprintf(out, "slot %s: created at %s\n", cfg.Slot, res.ConsistentPoint)
 	return nil
+}
+
+// countUnackedSQL counts the rows whose delivery is not recorded.
+func countUnackedSQL(table outbox.Table, mode AckMode) string {
+	return "SELECT count(*) FROM " + table.Quoted() + unackedWhere(mode)
+}
+
+// unackedWhere is the WHERE clause selecting rows whose delivery is not
+// recorded: every row with ACK_MODE delete, unmarked rows with mark.
+func unackedWhere(mode AckMode) string {
+	if mode == AckMark {
+		return " WHERE " + outbox.QuoteIdent(outbox.DefaultMapping().PublishedAt) + " IS NULL"
+	}
+	return ""
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }

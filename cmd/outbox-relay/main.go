@@ -29,6 +29,7 @@ const usage = `usage: outbox-relay <command>
 commands:
   run      stream the outbox table to Kafka (the daemon)
   setup    create the outbox table, publication and replication slot if missing
+           --recreate-slot  drop a lost slot; the next run recreates it and backfills
   version  print the version
 
 Configuration is read from OUTBOX_RELAY_* environment variables (see README.md).
@@ -76,7 +77,17 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	case "setup":
 		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer cancel()
-		if err := relay.Setup(ctx, cfg, log.With().Str("component", "setup").Logger(), stdout); err != nil {
+		var opts relay.SetupOptions
+		for _, a := range args[1:] {
+			switch a {
+			case "--recreate-slot":
+				opts.RecreateSlot = true
+			default:
+				fmt.Fprintf(stderr, "setup: unknown flag %q\n", a)
+				return exitUsage
+			}
+		}
+		if err := relay.Setup(ctx, cfg, log.With().Str("component", "setup").Logger(), stdout, opts); err != nil {
 			log.Error().Str("component", "setup").Err(err).Msg("setup failed")
 			return exitFailed
 		}
@@ -103,7 +114,7 @@ func runDaemon(cfg relay.Config, log zerolog.Logger) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if cfg.HTTPAddr != "" {
-		_, _, err := relay.ServeHTTP(ctx, cfg.HTTPAddr, reg, r.Health(), log.With().Str("component", "http").Logger())
+		_, _, err := relay.ServeHTTP(ctx, cfg.HTTPAddr, reg, r.Health(), cfg.PProf, log.With().Str("component", "http").Logger())
 		if err != nil {
 			mainLog.Error().Err(err).Msg("cannot serve metrics and health")
 			return exitFailed
