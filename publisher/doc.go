@@ -37,11 +37,17 @@
 //     acked or rejected permanently; only then does the next chunk start. So
 //     when failed records are re-sent, nothing newer of their partition has
 //     been queued, and the re-sent batch cannot be overtaken.
-//   - WriteMessages returns early when its context ends, leaving its batches
-//     queued inside kafka-go, still to be written. When that happens the
-//     publisher closes that Writer (which waits for those batches) before it
-//     sends anything else, through a fresh Writer; the message and header
-//     slices the publisher reuses are not touched until then either.
+//   - WriteMessages returns early when its context ends, while the batches it
+//     queued are still written later. So the context the publisher hands to
+//     kafka-go ends (with the caller's context or the attempt timeout) only
+//     until every message has its partition, which is the last step before
+//     kafka-go queues the batches; from then on the call waits for them, and
+//     kafka-go bounds each produce request by WriteTimeout. If the context
+//     ends in the very instant of that last step, the publisher closes the
+//     Writer (which waits for its batches) and sends on through a fresh one.
+//     Either way no batch outlives the call that queued it: nothing can
+//     overtake it, and the events' bytes and the header slices the publisher
+//     reuses are not read after Publish returns.
 //
 // A record rejected permanently leaves the ordered path: it is reported as a
 // Failure (for the relay to dead-letter) and never re-sent behind newer
@@ -52,7 +58,11 @@
 //
 // Duplicates remain possible: a batch whose ack was lost is written again.
 // They repeat whole records, in order, so the last copy of every record is
-// still in commit order; consumers de-duplicate by the "id" header.
+// still in commit order; consumers de-duplicate by the "id" header. What no
+// producer without idempotence can rule out is a broker that appends a
+// request only after the producer gave up on it (WriteTimeout) and re-sent
+// it on another connection; a broker appends before it waits for replicas,
+// so this takes a request stuck unread for WriteTimeout in the broker.
 //
 // This package must never reorder one key's records, never report an
 // unacked record as delivered, and never log a payload.
