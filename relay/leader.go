@@ -139,7 +139,9 @@ func (r *Relay) watchLeadership(ctx context.Context, conn *pgx.Conn, log zerolog
 				log.Warn().Err(err).Msg("heartbeat failed")
 			}
 		}
-		if now.Sub(lastSlotCheck) >= time.Minute {
+		// The session checks the slot when it starts (and may create it); the
+		// watch takes over once it streams.
+		if r.health.Role() == RoleStreaming && now.Sub(lastSlotCheck) >= time.Minute {
 			lastSlotCheck = now
 			if err := r.checkSlotWAL(ctx, conn, log); err != nil {
 				return err

@@ -356,7 +356,11 @@ func (p *pipeline) deadLetter(ctx context.Context, dead []deadLetter) error {
 	}
 	for _, d := range dead {
 		p.metrics.deadLettered.WithLabelValues(d.reason).Inc()
-		p.log.Warn().Str("id", string(d.ev.ID)).Str("lsn", d.ev.LSN.String()).Str("reason", d.reason).
+		e := p.log.Warn()
+		if d.ev.LSN != 0 {
+			e = e.Str("lsn", d.ev.LSN.String())
+		}
+		e.Str("id", string(d.ev.ID)).Str("reason", d.reason).
 			Str("original_topic", d.originalTopic).Str("dlq_topic", p.dlqTopic).Str("error", d.errText).
 			Msg("row sent to the dead-letter topic")
 	}

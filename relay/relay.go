@@ -239,15 +239,14 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	}
 	defer repl.Close(context.WithoutCancel(ctx))
 
-	slot, err := r.ensureSlot(ctx, conn, repl, log)
-	if err != nil {
-		return err
-	}
-
 	var acker rowAcker
 	switch cfg.AckMode {
 	case AckDelete, AckMark:
 		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode)
+	}
+	slot, err := r.ensureSlot(ctx, conn, repl, acker, log)
+	if err != nil {
+		return err
 	}
 	tracker := checkpoint.New(slot.ConfirmedFlushLSN)
 	p := newPipeline(pipelineDeps{
@@ -292,18 +291,16 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 
 // ensureSlot returns the slot, creating it when missing and refusing one the
 // relay must not use. An existing slot is never dropped or recreated.
-func (r *Relay) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *replication.Conn, log zerolog.Logger) (replication.Slot, error) {
+func (r *Relay) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *replication.Conn, acker rowAcker, log zerolog.Logger) (replication.Slot, error) {
 	name := r.cfg.Slot
 	slot, ok, err := replication.LookupSlot(ctx, conn, name)
 	if err != nil {
 		return slot, err
 	}
 	if !ok {
-		created, err := repl.CreateSlot(ctx, name, false)
-		if err != nil {
+		if err := r.createSlot(ctx, conn, repl, acker, log); err != nil {
 			return slot, err
 		}
-		log.Info().Str("slot", name).Str("lsn", created.ConsistentPoint.String()).Msg("created replication slot")
 		if slot, ok, err = replication.LookupSlot(ctx, conn, name); err != nil || !ok {
 			return slot, fmt.Errorf("read slot %q after creating it: found=%v: %w", name, ok, err)
 		}

@@ -74,8 +74,8 @@ type StatusReport struct {
 	LagSeconds *float64 `json:"lag_seconds"`
 	LagSource  string   `json:"lag_source"`
 	// WALStatus is reserved, extended, unreserved or lost.
-	WALStatus   string `json:"wal_status,omitempty"`
-	SafeWALSize *int64 `json:"safe_wal_size"`
+	WALStatus   string  `json:"wal_status,omitempty"`
+	SafeWALSize *int64  `json:"safe_wal_size"`
 	RestartLSN  *string `json:"restart_lsn"`
 	// RetainedBytes is CurrentWALLSN - RestartLSN: the WAL the slot keeps
 	// from being removed.

@@ -1,0 +1,138 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
+
+	"github.com/outbox-relay/outbox-relay/internal/rows"
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/replication"
+)
+
+// backfillBatch is how many rows the backfill publishes and acks at a time.
+const backfillBatch = 1000
+
+// createSlot creates the missing slot. With ACK_MODE delete or mark it first
+// publishes the unacked rows already in the table — rows the WAL of a new
+// slot will never show — reading them from the slot's exported snapshot: a
+// row committed before the slot's consistent point is in the snapshot, one
+// committed after it is in the stream, never both and never neither.
+//
+// If the backfill fails, the slot created moments ago (nothing confirmed on
+// it yet) is dropped again so the next start repeats the backfill; rows
+// published before the failure are then published again (duplicates, never
+// gaps). A crash in the middle leaves the remaining rows to the reconciler.
+func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replication.Conn, acker rowAcker, log zerolog.Logger) error {
+	name := r.cfg.Slot
+	backfill := r.cfg.AckMode != AckNone
+	created, err := repl.CreateSlot(ctx, name, backfill)
+	if err != nil {
+		return err
+	}
+	log.Info().Str("slot", name).Str("lsn", created.ConsistentPoint.String()).Msg("created replication slot")
+	if !backfill {
+		log.Info().Msg("ACK_MODE none: no backfill (the relay cannot tell which existing rows were delivered)")
+		return nil
+	}
+	n, err := r.backfill(ctx, created.SnapshotName, acker, log)
+	if err != nil {
+		if _, dropErr := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name); dropErr != nil {
+			log.Error().Err(dropErr).Str("slot", name).Msg("backfill failed and the new slot could not be dropped: rows not yet published will be swept by the reconciler")
+		} else {
+			log.Warn().Str("slot", name).Msg("backfill failed: dropped the slot created moments ago, so the next start backfills again")
+		}
+		return fmt.Errorf("backfill after creating slot %q (%d rows published before the failure): %w", name, n, err)
+	}
+	return nil
+}
+
+// backfill publishes the unacked rows visible in the exported snapshot, in
+// created_at, id order, and acks each batch before the next.
+func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, log zerolog.Logger) (int, error) {
+	table := r.cfg.TableName()
+	mapping := outbox.DefaultMapping()
+	started := time.Now()
+
+	snapConn, err := pgx.Connect(ctx, r.cfg.PGURL)
+	if err != nil {
+		return 0, fmt.Errorf("connect for the backfill: %w", err)
+	}
+	defer snapConn.Close(context.WithoutCancel(ctx))
+	tx, err := snapConn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return 0, fmt.Errorf("begin backfill transaction: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "''")+"'"); err != nil {
+		return 0, fmt.Errorf("import the slot's snapshot %q: %w", snapshot, err)
+	}
+	cols, err := rows.Lookup(ctx, tx, table, mapping)
+	if err != nil {
+		return 0, err
+	}
+	order := outbox.QuoteIdent(mapping.ID)
+	if cols.Has(mapping.CreatedAt) {
+		order = outbox.QuoteIdent(mapping.CreatedAt) + ", " + order
+	}
+	query := "SELECT " + cols.SelectList() + " FROM " + table.Quoted() + unackedWhere(r.cfg.AckMode) + " ORDER BY " + order
+	result, err := tx.Query(ctx, query)
+	if err != nil {
+		return 0, fmt.Errorf("read rows to backfill: %w", err)
+	}
+	defer result.Close()
+
+	p := newPipeline(pipelineDeps{log: log, publisher: r.pub, metrics: r.metrics, health: r.health, dlqTopic: r.cfg.DLQTopic})
+	batch := make([]outbox.Event, 0, backfillBatch)
+	ids := make([]string, 0, backfillBatch)
+	total := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		delivered, err := p.deliver(ctx, batch)
+		if err != nil {
+			return err
+		}
+		r.metrics.published.Add(float64(delivered))
+		ids = ids[:0]
+		for i := range batch {
+			ids = append(ids, string(batch[i].ID))
+		}
+		if err := acker.Ack(ctx, ids); err != nil {
+			return err
+		}
+		total += len(batch)
+		batch = batch[:0]
+		return nil
+	}
+	for result.Next() {
+		n := len(batch)
+		batch = batch[:n+1]
+		ev := &batch[n]
+		row, err := cols.Scan(result, ev)
+		if err != nil {
+			return total, err
+		}
+		ev.Problem = row.Problem.String()
+		if len(batch) == backfillBatch {
+			if err := flush(); err != nil {
+				return total, err
+			}
+		}
+	}
+	if err := result.Err(); err != nil {
+		return total, fmt.Errorf("read rows to backfill: %w", err)
+	}
+	if err := flush(); err != nil {
+		return total, err
+	}
+	if total > 0 {
+		log.Info().Int("rows", total).Dur("took", time.Since(started)).Msg("backfilled rows written before the slot existed")
+	}
+	return total, nil
+}
