@@ -20,6 +20,7 @@ type Metrics struct {
 	slotRetained  prometheus.Gauge
 	oldestUnacked prometheus.Gauge
 	heartbeats    prometheus.Counter
+	ackMissing    prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -78,8 +79,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "outbox_relay_heartbeats_total",
 			Help: "Heartbeat messages written with pg_logical_emit_message.",
 		}),
+		ackMissing: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outbox_relay_ack_rows_missing_total",
+			Help: "Delivered rows that were already deleted or marked when the relay recorded their delivery (re-sent after a restart).",
+		}),
 	}
-	reg.MustRegister(m.published, m.deadLettered, m.transactions, m.commitToAck, m.inflightBytes,
+	reg.MustRegister(m.ackMissing, m.published, m.deadLettered, m.transactions, m.commitToAck, m.inflightBytes,
 		m.inflightRecs, m.confirmedLSN, m.brokerErrors, m.reconnects, m.leader, m.slotRetained,
 		m.oldestUnacked, m.heartbeats)
 	return m

@@ -242,7 +242,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	var acker rowAcker
 	switch cfg.AckMode {
 	case AckDelete, AckMark:
-		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode)
+		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode, log, r.metrics.ackMissing)
 	}
 	slot, err := r.ensureSlot(ctx, conn, repl, acker, log)
 	if err != nil {
@@ -316,25 +316,58 @@ func (r *Relay) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 
 // tableAcker deletes or marks delivered rows with one statement per batch.
 type tableAcker struct {
-	conn *pgx.Conn
-	sql  string
+	conn    *pgx.Conn
+	sql     string
+	log     zerolog.Logger
+	missing prometheus.Counter
 }
 
-func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType string, mode AckMode) *tableAcker {
+func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType string, mode AckMode, log zerolog.Logger, missing prometheus.Counter) *tableAcker {
 	// The array is cast to the id column's own type so the primary key index is used.
 	ids := fmt.Sprintf("%s = ANY($1::%s[])", outbox.QuoteIdent(m.ID), strings.TrimSuffix(idType, "[]"))
 	sql := fmt.Sprintf("DELETE FROM %s WHERE %s", table.Quoted(), ids)
 	if mode == AckMark {
-		sql = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s", table.Quoted(), outbox.QuoteIdent(m.PublishedAt), ids)
+		published := outbox.QuoteIdent(m.PublishedAt)
+		sql = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s AND %s IS NULL", table.Quoted(), published, ids, published)
 	}
-	return &tableAcker{conn: conn, sql: sql}
+	return &tableAcker{conn: conn, sql: sql, log: log, missing: missing}
 }
 
+// ackVisibilityWait bounds how long Ack waits for rows it could not find.
+// The walsender may send a transaction a moment before its commit is visible
+// to other sessions (the commit record is flushed before the committing
+// backend leaves the proc array), so a delete right after the Kafka ack can
+// miss a row that is about to appear. Ack retries the statement until every
+// row matched or this much time passed; a row still missing then was deleted
+// or marked before (a transaction re-sent after a restart).
+const ackVisibilityWait = 250 * time.Millisecond
+
 func (a *tableAcker) Ack(ctx context.Context, ids []string) error {
-	if _, err := a.conn.Exec(ctx, a.sql, ids); err != nil {
-		return fmt.Errorf("record delivery of %d rows: %w", len(ids), err)
+	matched := int64(0)
+	delay := time.Millisecond
+	deadline := time.Now().Add(ackVisibilityWait)
+	for {
+		tag, err := a.conn.Exec(ctx, a.sql, ids)
+		if err != nil {
+			return fmt.Errorf("record delivery of %d rows: %w", len(ids), err)
+		}
+		matched += tag.RowsAffected()
+		if matched >= int64(len(ids)) {
+			return nil
+		}
+		if time.Now().Add(delay).After(deadline) {
+			missing := int64(len(ids)) - matched
+			a.missing.Add(float64(missing))
+			a.log.Debug().Int64("rows", missing).Msg("delivered rows already deleted or marked (re-sent after a restart?)")
+			return nil
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		delay *= 2
 	}
-	return nil
 }
 
 // backoff grows a delay exponentially between min and max.
