@@ -1,9 +1,13 @@
 package publisher
 
 import (
+	"crypto/tls"
+
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -44,8 +48,13 @@ type Config struct {
 	// further failed attempt up to BackoffMax. Defaults 100ms and 5s.
 	BackoffMin time.Duration
 	BackoffMax time.Duration
-	// Transport carries TLS and SASL settings; nil means a plain transport
-	// owned (and closed) by the Publisher.
+	// TLS, when set, encrypts the connections to the brokers.
+	TLS *tls.Config
+	// SASL, when set, authenticates the connections.
+	SASL sasl.Mechanism
+	// Transport, when set, is used as is (TLS and SASL are then ignored) and
+	// stays the caller's to close; nil means a transport built from TLS and
+	// SASL and owned (and closed) by the Publisher.
 	Transport *kafka.Transport
 }
 

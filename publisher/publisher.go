@@ -60,7 +60,7 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 	if transport == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		// Its Context ends the transport's metadata goroutines on Close.
-		transport = &kafka.Transport{Context: ctx, ClientID: "outbox-relay"}
+		transport = &kafka.Transport{Context: ctx, ClientID: "outbox-relay", TLS: cfg.TLS, SASL: cfg.SASL}
 		p.stopTransport = func() {
 			transport.CloseIdleConnections()
 			cancel()

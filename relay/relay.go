@@ -21,6 +21,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/checkpoint"
 	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/internal/kafkaauth"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/publisher"
 	"github.com/outbox-relay/outbox-relay/replication"
@@ -56,14 +57,33 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) (*Relay, err
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	pub, err := publisher.New(publisher.Config{
-		Brokers:       cfg.KafkaBrokers,
-		TopicTemplate: cfg.Topic,
-	}, log.With().Str("component", "publisher").Logger())
+	tlsConfig, err := kafkaauth.TLSConfig(cfg.KafkaTLS, cfg.KafkaTLSCAFile, cfg.KafkaTLSSkipVerify)
+	if err != nil {
+		return nil, fmt.Errorf("%sKAFKA_TLS_CA_FILE: %w", EnvPrefix, err)
+	}
+	mechanism, err := kafkaauth.Mechanism(cfg.KafkaSASLMechanism, cfg.KafkaSASLUser, cfg.KafkaSASLPassword)
+	if err != nil {
+		return nil, fmt.Errorf("%sKAFKA_SASL_MECHANISM: %w", EnvPrefix, err)
+	}
+	pubCfg := publisher.Config{Brokers: trimmed(cfg.KafkaBrokers), TopicTemplate: cfg.Topic, TLS: tlsConfig}
+	if mechanism != nil {
+		pubCfg.SASL = kafkaauth.ForKafkaGo(mechanism)
+	}
+	pub, err := publisher.New(pubCfg, log.With().Str("component", "publisher").Logger())
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
 	return &Relay{cfg: cfg, log: log, metrics: NewMetrics(reg), health: NewHealth(cfg.HeartbeatInterval), pub: pub}, nil
+}
+
+func trimmed(ss []string) []string {
+	out := make([]string, 0, len(ss))
+	for _, s := range ss {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // Close releases the Kafka producer.

@@ -30,6 +30,10 @@ commands:
   run      stream the outbox table to Kafka (the daemon)
   setup    create the outbox table, publication and replication slot if missing
            --recreate-slot  drop a lost slot; the next run recreates it and backfills
+  status   show the slot, lag, WAL retention and unacked rows (--json for scripts)
+  dlq ls   count dead letters by reason and list the newest
+  dlq replay [--reason R] [--limit N] [--dry-run]
+           send dead letters back to their original topics
   version  print the version
 
 Configuration is read from OUTBOX_RELAY_* environment variables (see README.md).
@@ -55,7 +59,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	case "version":
 		fmt.Fprintln(stdout, "outbox-relay", buildVersion())
 		return exitOK
-	case "run", "setup":
+	case "run", "setup", "status", "dlq":
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -64,7 +68,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	cfg, err := relay.LoadConfig(environ, args[0] == "run")
+	cfg, err := relay.LoadConfig(environ, args[0] == "run" || args[0] == "dlq")
 	if err != nil {
 		fmt.Fprintf(stderr, "outbox-relay: invalid configuration:\n%v\n", err)
 		return exitUsage
@@ -74,6 +78,10 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
 
 	switch args[0] {
+	case "status":
+		return runStatus(args[1:], cfg, stdout, stderr)
+	case "dlq":
+		return runDLQ(args[1:], cfg, stdout, stderr)
 	case "setup":
 		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer cancel()

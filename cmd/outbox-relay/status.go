@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -42,20 +41,8 @@ func runStatus(args []string, cfg relay.Config, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("status", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	asJSON := flags.Bool("json", false, "print one JSON object (snake_case keys) instead of a table")
-	flags.Usage = func() {
-		fmt.Fprint(flags.Output(), statusUsage)
-		flags.PrintDefaults()
-	}
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	if flags.NArg() > 0 {
-		fmt.Fprintf(stderr, "outbox-relay status: unexpected argument %q\n", flags.Arg(0))
-		flags.Usage()
-		return exitUsage
+	if code, ok := parseFlags(flags, args, statusUsage); !ok {
+		return code
 	}
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
