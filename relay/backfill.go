@@ -114,11 +114,9 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 		n := len(batch)
 		batch = batch[:n+1]
 		ev := &batch[n]
-		row, err := cols.Scan(result, ev)
-		if err != nil {
+		if _, err := cols.Scan(result, ev); err != nil { // sets ev.Problem for undecodable rows
 			return total, err
 		}
-		ev.Problem = row.Problem.String()
 		if len(batch) == backfillBatch {
 			if err := flush(); err != nil {
 				return total, err

@@ -164,11 +164,12 @@ func (r *Relay) watchLeadership(ctx context.Context, conn *pgx.Conn, log zerolog
 // heartbeatPrefix marks the relay's own logical messages.
 const heartbeatPrefix = "outbox-relay"
 
-// heartbeat writes a non-transactional logical message: WAL in the outbox's
-// database, so the walsender has something to send and the slot's position
-// moves even when the only writes are in other databases.
+// heartbeat writes a transactional logical message: a commit in the
+// outbox's database, so the walsender has something to send, the slot's
+// position moves even when the only writes are in other databases, and the
+// commit time at the confirmed position (the reconciler's clock) stays fresh.
 func (r *Relay) heartbeat(ctx context.Context, conn *pgx.Conn) error {
-	_, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2)", heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano))
+	_, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2)", heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano))
 	if err != nil {
 		return fmt.Errorf("emit heartbeat: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -71,6 +72,13 @@ type pipeline struct {
 	free      []*batch
 	draining  bool
 
+	// commits are the committed transactions not yet folded into the
+	// watermark, oldest first, so the commit time at the watermark is known.
+	commits []commitMark
+	// settledCommit is the commit time (Unix ns) of the newest transaction at
+	// or below the watermark: the reconciler's position.
+	settledCommit atomic.Int64
+
 	publishWake chan struct{}
 	ackWake     chan struct{}
 	room        chan struct{}
@@ -78,6 +86,11 @@ type pipeline struct {
 }
 
 const maxFreeBatches = 16
+
+type commitMark struct {
+	end  outbox.LSN
+	time int64
+}
 
 // pipelineDeps are what a pipeline is built from.
 type pipelineDeps struct {
@@ -160,6 +173,10 @@ func (p *pipeline) Message(ctx context.Context, walStart outbox.LSN, data []byte
 		}
 		p.mu.Lock()
 		err := p.tracker.Commit(p.txn, msg.EndLSN)
+		if err == nil {
+			p.commits = append(p.commits, commitMark{end: msg.EndLSN, time: msg.CommitTime})
+			p.foldCommitsLocked()
+		}
 		p.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("commit at %s: %w", walStart, err)
@@ -225,6 +242,42 @@ func (p *pipeline) Position(walEnd outbox.LSN) outbox.LSN {
 	p.metrics.confirmedLSN.Set(float64(w))
 	p.health.progress(w, inflight)
 	return w
+}
+
+// foldCommitsLocked drops the commits the watermark has passed and keeps the
+// newest one's time.
+func (p *pipeline) foldCommitsLocked() {
+	w := p.tracker.Watermark()
+	i := 0
+	for i < len(p.commits) && p.commits[i].end <= w {
+		i++
+	}
+	if i == 0 {
+		return
+	}
+	p.settledCommit.Store(p.commits[i-1].time)
+	n := copy(p.commits, p.commits[i:])
+	p.commits = p.commits[:n]
+}
+
+// SettledCommitTime returns the commit time of the newest transaction at or
+// below the confirmed position (zero before the first one settled): a row
+// created before it (minus a grace) is not merely in flight.
+func (p *pipeline) SettledCommitTime() time.Time {
+	n := p.settledCommit.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// DeadLetter implements reconciler.DeadLetterer.
+func (p *pipeline) DeadLetter(ctx context.Context, events []outbox.Event, reason, errText string) error {
+	dead := make([]deadLetter, len(events))
+	for i := range events {
+		dead[i] = deadLetter{ev: &events[i], reason: reason, errText: errText}
+	}
+	return p.deadLetter(ctx, dead)
 }
 
 // Throttle implements replication.Consumer.
@@ -426,6 +479,7 @@ func (p *pipeline) settle(batches []*batch) {
 		p.inflight -= b.bytes
 		p.recycleLocked(b)
 	}
+	p.foldCommitsLocked()
 	inflight := p.inflight
 	p.closeIfDrainedLocked()
 	p.mu.Unlock()

@@ -24,6 +24,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/kafkaauth"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/publisher"
+	"github.com/outbox-relay/outbox-relay/reconciler"
 	"github.com/outbox-relay/outbox-relay/replication"
 )
 
@@ -50,6 +51,8 @@ type Relay struct {
 	metrics *Metrics
 	health  *Health
 	pub     *publisher.Publisher
+
+	reconcilerOffLogged bool
 }
 
 // New creates a relay. reg receives its metrics (nil for a private registry).
@@ -284,6 +287,10 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 
 	log.Info().Str("slot", cfg.Slot).Str("publication", cfg.Publication).Str("table", table.String()).
 		Str("lsn", slot.ConfirmedFlushLSN.String()).Str("ack_mode", string(cfg.AckMode)).Msg("streaming")
+	if acker == nil && !r.reconcilerOffLogged {
+		r.reconcilerOffLogged = true
+		log.Info().Msg("ACK_MODE none: the reconciler is off (the relay records no deliveries, so it cannot tell which rows are stuck)")
+	}
 	r.health.setRole(RoleStreaming, "")
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -301,6 +308,22 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	g.Go(func() error { return p.publishLoop(pipeCtx) })
 	if acker != nil {
 		g.Go(func() error { return p.ackLoop(pipeCtx) })
+		rec, err := reconciler.New(reconciler.Config{
+			Table:    table,
+			Mapping:  mapping,
+			AckMode:  string(cfg.AckMode),
+			Grace:    cfg.ReconcileGrace,
+			Interval: cfg.ReconcileInterval,
+			Batch:    cfg.ReconcileBatch,
+		}, func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, cfg.PGURL) },
+			p, p.SettledCommitTime, r.log)
+		if err != nil {
+			return fatalf("reconciler: %w", err)
+		}
+		g.Go(func() error {
+			defer rec.Close(context.WithoutCancel(pipeCtx))
+			return rec.Run(pipeCtx)
+		})
 	}
 	err = g.Wait()
 	if err == nil {

@@ -113,9 +113,11 @@ func (c *Columns) Has(column string) bool { return column != "" && c.present[col
 
 // SelectList is the column list of a SELECT from the outbox table whose rows
 // Scan reads: id, aggregatetype, aggregateid, type, payload, headers, topic
-// and created_at (as mapped), every one as text except created_at; optional
-// columns the table lacks are selected as NULL. Column names are quoted, so
-// the list can be used as is in `SELECT <list> FROM <table>`.
+// and created_at (as mapped), each but created_at as the text pgoutput
+// carries for it (`col::text`; a bpchar as is, keeping its padding; a bytea
+// payload as hex); mapped columns the table lacks are selected as NULL.
+// Column names are quoted, so the list can be used as is in
+// `SELECT <list> FROM <table>`.
 func (c *Columns) SelectList() string { return c.selectList }
 
 func (c *Columns) buildSelectList() string {

@@ -90,6 +90,9 @@ func TestScanMatchesDecoder(t *testing.T) {
 					if row.Problem != want.problem {
 						t.Errorf("Problem = %+v, decoder said %+v", row.Problem, want.problem)
 					}
+					if ev.Problem != want.errText {
+						t.Errorf("ev.Problem = %q, decoder's RowError says %q", ev.Problem, want.errText)
+					}
 				})
 			}
 			if err := r.Err(); err != nil {
@@ -112,6 +115,7 @@ func looseInserts() []string {
 type decoded struct {
 	event   outbox.Event
 	problem rows.Problem
+	errText string // the RowError's text
 }
 
 // decodeSlot reads the slot's pending changes with the SQL interface (the
@@ -144,6 +148,7 @@ func decodeSlot(t *testing.T, conn *pgx.Conn, slot string) []decoded {
 		d := decoded{event: ev}
 		if rowErr != nil {
 			d.problem = rows.Problem{Column: rowErr.Column, Reason: rowErr.Reason}
+			d.errText = rowErr.Error()
 		}
 		out = append(out, d)
 	}

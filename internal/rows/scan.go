@@ -56,7 +56,10 @@ type Row struct {
 // row read with SQL has no WAL position.
 //
 // A row that cannot become a record is not an error: it comes back with a
-// Problem. The error is for a result that does not match SelectList.
+// Problem, and ev.Problem holds the text the stream gives such a row (the
+// decoder's RowError: "row id=… of schema.table: column …: …"); ev.Problem
+// is empty for a sound row. The error is for a result that does not match
+// SelectList.
 func (c *Columns) Scan(r pgx.Rows, ev *outbox.Event) (Row, error) {
 	vals := r.RawValues()
 	if len(vals) < NumColumns {
@@ -134,6 +137,10 @@ func (c *Columns) Scan(r pgx.Rows, ev *outbox.Event) (Row, error) {
 		ev.Headers = append(ev.Headers, outbox.Header{Key: h.key, Value: buf[h.start:h.end:h.end]})
 	}
 	ev.LSN, ev.CommitTime, ev.Txn = 0, 0, 0
+	ev.Problem = ""
+	if !problem.IsZero() {
+		ev.Problem = c.problemText(ev.ID, problem)
+	}
 	ev.SetBuffer(buf)
 
 	row := Row{Problem: problem}
@@ -144,6 +151,16 @@ func (c *Columns) Scan(r pgx.Rows, ev *outbox.Event) (Row, error) {
 		}
 	}
 	return row, nil
+}
+
+// problemText words a problem as the decoder's RowError does, so that a row
+// dead-lettered by the stream, the backfill or the reconciler carries the
+// same error text.
+func (c *Columns) problemText(id []byte, p Problem) string {
+	if len(id) == 0 {
+		return fmt.Sprintf("row of %s: %s", c.table, p)
+	}
+	return fmt.Sprintf("row id=%s of %s: %s", id, c.table, p)
 }
 
 // columnName names the table column a selected column comes from.

@@ -208,6 +208,16 @@ func TestScan(t *testing.T) {
 			if row.Problem != tt.wantProblem {
 				t.Errorf("Problem = %+v, want %+v", row.Problem, tt.wantProblem)
 			}
+			wantText := ""
+			if !tt.wantProblem.IsZero() {
+				wantText = "row id=" + string(tt.want.ID) + " of public.outbox: " + tt.wantProblem.String()
+				if tt.want.ID == nil {
+					wantText = "row of public.outbox: " + tt.wantProblem.String()
+				}
+			}
+			if ev.Problem != wantText {
+				t.Errorf("ev.Problem = %q, want %q", ev.Problem, wantText)
+			}
 			if age := time.Since(row.CreatedAt); age < 0 || age > time.Minute {
 				t.Errorf("CreatedAt = %v, want about now", row.CreatedAt)
 			}
