@@ -383,7 +383,7 @@ func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType 
 // miss a row that is about to appear. Ack retries the statement until every
 // row matched or this much time passed; a row still missing then was deleted
 // or marked before (a transaction re-sent after a restart).
-const ackVisibilityWait = 250 * time.Millisecond
+const ackVisibilityWait = 2 * time.Second
 
 func (a *tableAcker) Ack(ctx context.Context, ids []string) error {
 	matched := int64(0)

@@ -1,0 +1,6 @@
+//go:build !race
+
+package tests
+
+// raceEnabled says the tests were built with -race.
+const raceEnabled = false
