@@ -1,9 +1,6 @@
 package decoder
 
-import (
-	"unicode/utf16"
-	"unicode/utf8"
-)
+import "github.com/outbox-relay/outbox-relay/internal/jsonheaders"
 
 // headersReason is the RowError reason for a headers value of the wrong shape.
 const headersReason = "headers must be a JSON object of string values"
@@ -40,38 +37,11 @@ func (d *Decoder) appendHeaders(buf []byte, typeOID uint32, v tupleValue) ([]byt
 }
 
 func (d *Decoder) parseHeaders(buf, doc []byte) ([]byte, bool) {
-	s := jsonScanner{doc: doc}
-	s.skipSpace()
-	if s.literal("null") {
-		return buf, s.atEnd()
-	}
-	if !s.consume('{') {
-		return buf, false
-	}
-	if s.consume('}') {
-		return buf, s.atEnd()
-	}
-	for {
-		var ok bool
-		if d.keyScratch, ok = s.appendString(d.keyScratch[:0]); !ok {
-			return buf, false
-		}
-		if !s.consume(':') {
-			return buf, false
-		}
-		start := len(buf)
-		if buf, ok = s.appendString(buf); !ok {
-			return buf, false
-		}
-		d.headerScratch = append(d.headerScratch, headerSpan{key: d.headerKey(d.keyScratch), start: start, end: len(buf)})
-		if s.consume(',') {
-			continue
-		}
-		if s.consume('}') {
-			return buf, s.atEnd()
-		}
-		return buf, false
-	}
+	var ok bool
+	buf, d.keyScratch, ok = jsonheaders.Parse(buf, d.keyScratch, doc, func(key []byte, start, end int) {
+		d.headerScratch = append(d.headerScratch, headerSpan{key: d.headerKey(key), start: start, end: end})
+	})
+	return buf, ok
 }
 
 // headerKey returns key as a string, reusing an earlier string for a key seen
@@ -85,139 +55,4 @@ func (d *Decoder) headerKey(key []byte) string {
 		d.headerKeys[s] = s
 	}
 	return s
-}
-
-// jsonScanner reads the few JSON tokens a headers object is made of.
-type jsonScanner struct {
-	doc []byte
-	off int
-}
-
-func (s *jsonScanner) skipSpace() {
-	for s.off < len(s.doc) {
-		switch s.doc[s.off] {
-		case ' ', '\t', '\n', '\r':
-			s.off++
-		default:
-			return
-		}
-	}
-}
-
-// consume skips c and the white space after it, if c is next.
-func (s *jsonScanner) consume(c byte) bool {
-	if s.off < len(s.doc) && s.doc[s.off] == c {
-		s.off++
-		s.skipSpace()
-		return true
-	}
-	return false
-}
-
-// literal skips word and the white space after it, if word is next.
-func (s *jsonScanner) literal(word string) bool {
-	if len(s.doc)-s.off >= len(word) && string(s.doc[s.off:s.off+len(word)]) == word {
-		s.off += len(word)
-		s.skipSpace()
-		return true
-	}
-	return false
-}
-
-func (s *jsonScanner) atEnd() bool { return s.off == len(s.doc) }
-
-// appendString unescapes the JSON string that comes next into buf and skips
-// the white space after it. Escapes of lone UTF-16 surrogates become U+FFFD,
-// as encoding/json does; other bytes are copied as they are.
-func (s *jsonScanner) appendString(buf []byte) ([]byte, bool) {
-	if s.off >= len(s.doc) || s.doc[s.off] != '"' {
-		return buf, false
-	}
-	s.off++
-	for s.off < len(s.doc) {
-		// Copy the run up to the next quote, backslash or control character.
-		run := s.off
-		for s.off < len(s.doc) {
-			c := s.doc[s.off]
-			if c == '"' || c == '\\' || c < 0x20 {
-				break
-			}
-			s.off++
-		}
-		buf = append(buf, s.doc[run:s.off]...)
-		if s.off >= len(s.doc) {
-			break
-		}
-		switch c := s.doc[s.off]; {
-		case c == '"':
-			s.off++
-			s.skipSpace()
-			return buf, true
-		case c < 0x20:
-			return buf, false
-		}
-		// A backslash escape.
-		if s.off+1 >= len(s.doc) {
-			return buf, false
-		}
-		esc := s.doc[s.off+1]
-		s.off += 2
-		switch esc {
-		case '"', '\\', '/':
-			buf = append(buf, esc)
-		case 'b':
-			buf = append(buf, '\b')
-		case 'f':
-			buf = append(buf, '\f')
-		case 'n':
-			buf = append(buf, '\n')
-		case 'r':
-			buf = append(buf, '\r')
-		case 't':
-			buf = append(buf, '\t')
-		case 'u':
-			r, ok := s.hex4()
-			if !ok {
-				return buf, false
-			}
-			if utf16.IsSurrogate(r) {
-				// A high surrogate may be followed by the escaped low one.
-				low := utf8.RuneError
-				if save := s.off; s.off+1 < len(s.doc) && s.doc[s.off] == '\\' && s.doc[s.off+1] == 'u' {
-					s.off += 2
-					if l, ok := s.hex4(); ok {
-						low = l
-					}
-					s.off = save
-				}
-				if pair := utf16.DecodeRune(r, low); pair != utf8.RuneError {
-					r = pair
-					s.off += 6
-				} else {
-					r = utf8.RuneError
-				}
-			}
-			buf = utf8.AppendRune(buf, r)
-		default:
-			return buf, false
-		}
-	}
-	return buf, false // unterminated
-}
-
-// hex4 reads the four hex digits of a \u escape.
-func (s *jsonScanner) hex4() (rune, bool) {
-	if len(s.doc)-s.off < 4 {
-		return 0, false
-	}
-	var r rune
-	for _, c := range s.doc[s.off : s.off+4] {
-		v, ok := unhex(c)
-		if !ok {
-			return 0, false
-		}
-		r = r<<4 | rune(v)
-	}
-	s.off += 4
-	return r, true
 }

@@ -3,51 +3,24 @@ package reconciler_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
-	"regexp"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
-	"github.com/outbox-relay/outbox-relay/internal/devenv"
+	"github.com/outbox-relay/outbox-relay/internal/devenv/pgtest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/reconciler"
 	"github.com/outbox-relay/outbox-relay/sql"
 )
 
-// pg is the one cluster the package's tests share; each test has its own database.
-var pg *devenv.Postgres
-
-func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var err error
-	if pg, err = devenv.StartPostgres(ctx, devenv.PostgresOptions{}); err != nil {
-		fmt.Fprintf(os.Stderr, "start postgres: %v\n", err)
-		return 1
-	}
-	defer pg.Stop()
-	return m.Run()
-}
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 var (
 	outboxTable = outbox.Table{Schema: "public", Name: "outbox"}
 	zerologNop  = zerolog.Nop()
-)
-
-var (
-	dbSeq    atomic.Int64
-	notIdent = regexp.MustCompile(`[^a-z0-9_]+`)
 )
 
 // env is a test's database with the outbox table created by the relay's DDL.
@@ -59,15 +32,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	ctx := testContext(t)
-	name := fmt.Sprintf("t%d_%s", dbSeq.Add(1), notIdent.ReplaceAllString(strings.ToLower(t.Name()), "_"))
-	if len(name) > 63 {
-		name = name[:63]
-	}
-	if err := pg.CreateDatabase(ctx, name); err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, url: pg.URL(name)}
+	_, url := pgtest.Database(t)
+	e := &env{t: t, url: url}
 	e.conn = e.connect()
 	e.exec(sql.OutboxTable(outboxTable))
 	return e
@@ -154,12 +120,7 @@ func (e *env) reconciler(cfg reconciler.Config, dl reconciler.DeadLetterer, pos 
 
 func at(t time.Time) reconciler.Position { return func() time.Time { return t } }
 
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testContext(t *testing.T) context.Context { return pgtest.Context(t) }
 
 // call is one DeadLetter call as the recorder saw it.
 type call struct {

@@ -4,55 +4,24 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/outbox-relay/outbox-relay/internal/devenv"
+	"github.com/outbox-relay/outbox-relay/internal/devenv/pgtest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
-// pg is the one cluster the package's tests share; each test has its own database.
-var pg *devenv.Postgres
-
-func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var err error
-	if pg, err = devenv.StartPostgres(ctx, devenv.PostgresOptions{}); err != nil {
-		fmt.Fprintf(os.Stderr, "start postgres: %v\n", err)
-		return 1
-	}
-	defer pg.Stop()
-	return m.Run()
-}
-
-var dbSeq atomic.Int64
-
-var notIdent = regexp.MustCompile(`[^a-z0-9_]+`)
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // newDB creates a database for the test and returns a connection to it,
 // closed when the test ends, and the database's name.
 func newDB(t *testing.T) (*pgx.Conn, string) {
 	t.Helper()
 	ctx := testContext(t)
-	name := fmt.Sprintf("t%d_%s", dbSeq.Add(1), notIdent.ReplaceAllString(strings.ToLower(t.Name()), "_"))
-	if len(name) > 63 {
-		name = name[:63]
-	}
-	if err := pg.CreateDatabase(ctx, name); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, pg.URL(name))
+	name, url := pgtest.Database(t)
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,12 +29,7 @@ func newDB(t *testing.T) (*pgx.Conn, string) {
 	return conn, name
 }
 
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testContext(t *testing.T) context.Context { return pgtest.Context(t) }
 
 func mustExec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
 	t.Helper()
