@@ -151,6 +151,15 @@ func (p *Publisher) oneByOne(ctx context.Context, msgs []kafka.Message, indexes 
 
 // write makes one attempt at msgs.
 func (p *Publisher) write(ctx context.Context, msgs []kafka.Message) error {
+	if w, ok := p.producer.(*kafka.Writer); ok {
+		// kafka-go gives every partition batch room for BatchSize messages
+		// up front (writeBatch.add): with the default 1000 and small calls
+		// that is most of the relay's allocation. A call never holds more
+		// than len(msgs), so this keeps one batch per partition per call.
+		// Only this goroutine reads the field (in WriteMessages), and no
+		// call is in flight while it changes.
+		w.BatchSize = len(msgs)
+	}
 	a := startAttempt(ctx, len(msgs), p.cfg.WriteTimeout)
 	p.balancer.current = a
 	err := p.producer.WriteMessages(a.ctx, msgs...)
