@@ -1,7 +1,13 @@
 package publisher
 
 import (
+	"context"
 	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -63,4 +69,22 @@ func classify(err error) classification {
 		return classification{reason: ReasonRejected}
 	}
 	return classification{}
+}
+
+// ErrorKind names an error for a metric label: the Kafka error code's name
+// in snake case (not_enough_replicas, leader_not_available, ...), "timeout",
+// "network" or "other". The set is bounded by Kafka's error codes.
+func ErrorKind(err error) string {
+	var code kafka.Error
+	if errors.As(err, &code) {
+		return strings.ReplaceAll(strings.ToLower(code.Title()), " ", "_")
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return "timeout"
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return "network"
+	}
+	return "other"
 }

@@ -48,6 +48,9 @@ type Config struct {
 	// further failed attempt up to BackoffMax. Defaults 100ms and 5s.
 	BackoffMin time.Duration
 	BackoffMax time.Duration
+	// OnRetry, when set, is called with the error of every write that is
+	// retried (for metrics); it must not block.
+	OnRetry func(err error)
 	// TLS, when set, encrypts the connections to the brokers.
 	TLS *tls.Config
 	// SASL, when set, authenticates the connections.

@@ -86,6 +86,9 @@ func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []
 			return p.oneByOne(ctx, msgs, indexes, failures)
 		}
 
+		if p.cfg.OnRetry != nil {
+			p.cfg.OnRetry(err)
+		}
 		wait := p.backoff(retry)
 		p.log.Warn().Int("retry", retry).Int("records", len(msgs)).Str("topic", msgs[0].Topic).
 			Dur("backoff", wait).Err(err).Msg("kafka write failed, retrying")

@@ -141,7 +141,7 @@ func (r *Relay) watchLeadership(ctx context.Context, conn *pgx.Conn, log zerolog
 		}
 		// The session checks the slot when it starts (and may create it); the
 		// watch takes over once it streams.
-		if r.health.Role() == RoleStreaming && now.Sub(lastSlotCheck) >= time.Minute {
+		if r.health.Role() == RoleStreaming && now.Sub(lastSlotCheck) >= slotCheckInterval {
 			lastSlotCheck = now
 			if err := r.checkSlotWAL(ctx, conn, log); err != nil {
 				return err
@@ -160,6 +160,9 @@ func (r *Relay) watchLeadership(ctx context.Context, conn *pgx.Conn, log zerolog
 		}
 	}
 }
+
+// slotCheckInterval is how often the leader reads the slot's WAL retention.
+const slotCheckInterval = 10 * time.Second
 
 // heartbeatPrefix marks the relay's own logical messages.
 const heartbeatPrefix = "outbox-relay"

@@ -2,6 +2,8 @@ package relay
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
 // Metrics are the relay's Prometheus collectors. Names are a public
@@ -57,7 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		brokerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outbox_relay_broker_errors_total",
-			Help: "Kafka errors, by kind.",
+			Help: "Kafka errors, by kind: a permanent rejection's reason, or a retried error's Kafka code name, network or timeout.",
 		}, []string{"kind"}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "outbox_relay_reconnects_total",
@@ -83,6 +85,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "outbox_relay_ack_rows_missing_total",
 			Help: "Delivered rows that were already deleted or marked when the relay recorded their delivery (re-sent after a restart).",
 		}),
+	}
+	// Series exist from the start, so rate() and increase() see the first event.
+	for _, reason := range []string{outbox.ReasonMessageTooLarge, outbox.ReasonInvalidTopic, outbox.ReasonTopicAuthFailed,
+		outbox.ReasonInvalidRecord, outbox.ReasonRejected, outbox.ReasonDecodeError, outbox.ReasonUnackedAfterGrace} {
+		m.deadLettered.WithLabelValues(reason)
+		m.brokerErrors.WithLabelValues(reason)
+	}
+	for _, kind := range []string{"network", "timeout"} {
+		m.brokerErrors.WithLabelValues(kind)
 	}
 	reg.MustRegister(m.ackMissing, m.published, m.deadLettered, m.transactions, m.commitToAck, m.inflightBytes,
 		m.inflightRecs, m.confirmedLSN, m.brokerErrors, m.reconnects, m.leader, m.slotRetained,

@@ -68,7 +68,9 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) (*Relay, err
 	if err != nil {
 		return nil, fmt.Errorf("%sKAFKA_SASL_MECHANISM: %w", EnvPrefix, err)
 	}
-	pubCfg := publisher.Config{Brokers: trimmed(cfg.KafkaBrokers), TopicTemplate: cfg.Topic, TLS: tlsConfig}
+	metrics := NewMetrics(reg)
+	pubCfg := publisher.Config{Brokers: trimmed(cfg.KafkaBrokers), TopicTemplate: cfg.Topic, TLS: tlsConfig,
+		OnRetry: func(err error) { metrics.brokerErrors.WithLabelValues(publisher.ErrorKind(err)).Inc() }}
 	if mechanism != nil {
 		pubCfg.SASL = kafkaauth.ForKafkaGo(mechanism)
 	}
@@ -76,7 +78,7 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) (*Relay, err
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
-	return &Relay{cfg: cfg, log: log, metrics: NewMetrics(reg), health: NewHealth(cfg.HeartbeatInterval), pub: pub}, nil
+	return &Relay{cfg: cfg, log: log, metrics: metrics, health: NewHealth(cfg.HeartbeatInterval), pub: pub}, nil
 }
 
 func trimmed(ss []string) []string {
@@ -271,6 +273,9 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	if err != nil {
 		return err
 	}
+	// Records a previous session left in flight are re-sent by this one.
+	r.metrics.inflightRecs.Set(0)
+	r.metrics.inflightBytes.Set(0)
 	tracker := checkpoint.New(slot.ConfirmedFlushLSN)
 	p := newPipeline(pipelineDeps{
 		log:         log,
