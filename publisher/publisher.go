@@ -91,7 +91,8 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 }
 
 // Topic returns the topic an event is routed to (template or override) — used for logs and dead letters.
-// The error wraps ErrInvalidTopic when the name is not one Kafka accepts.
+// The error wraps ErrInvalidTopic when the name is not one Kafka accepts; the
+// name is returned all the same.
 func (p *Publisher) Topic(ev *outbox.Event) (string, error) {
 	return routeTopic(p.cfg.TopicTemplate, ev)
 }

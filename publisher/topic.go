@@ -38,7 +38,8 @@ func expandTemplate(template string, aggregateType []byte) string {
 	return strings.ReplaceAll(template, AggregateTypePlaceholder, string(aggregateType))
 }
 
-// routeTopic returns the topic ev goes to, without caching.
+// routeTopic returns the topic ev goes to, without caching. With an error
+// (an invalid name) it still returns the name, for dead letters and logs.
 func routeTopic(template string, ev *outbox.Event) (string, error) {
 	var name string
 	if ev.Topic != nil {
@@ -46,10 +47,7 @@ func routeTopic(template string, ev *outbox.Event) (string, error) {
 	} else {
 		name = expandTemplate(template, ev.AggregateType)
 	}
-	if err := validTopic(name); err != nil {
-		return "", err
-	}
-	return name, nil
+	return name, validTopic(name)
 }
 
 // route is a cached routing decision.

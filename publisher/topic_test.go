@@ -49,8 +49,11 @@ func TestTopicRouting(t *testing.T) {
 				}
 			}
 			got, err := routeTopic(tt.template, ev)
-			if (err == nil) != (tt.want != "") || got != tt.want {
+			if (err == nil) != (tt.want != "") || (err == nil && got != tt.want) {
 				t.Errorf("routeTopic = %q, %v; want %q", got, err, tt.want)
+			}
+			if err != nil && got == "" {
+				t.Errorf("routeTopic = %q with %v; want the invalid name for dead letters", got, err)
 			}
 		})
 	}

@@ -392,9 +392,8 @@ func (p *pipeline) deadLetter(ctx context.Context, dead []deadLetter) error {
 	msgs := make([]kafka.Message, len(dead))
 	for i := range dead {
 		d := &dead[i]
-		if topic, err := p.pub.Topic(d.ev); err == nil {
-			d.originalTopic = topic
-		}
+		// An invalid name is kept too: it says what the row asked for.
+		d.originalTopic, _ = p.pub.Topic(d.ev)
 		msgs[i] = deadLetterMessage(p.dlqTopic, *d)
 	}
 	failures, err := p.pub.PublishRaw(ctx, msgs)
