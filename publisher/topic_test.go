@@ -52,8 +52,12 @@ func TestTopicRouting(t *testing.T) {
 			if (err == nil) != (tt.want != "") || (err == nil && got != tt.want) {
 				t.Errorf("routeTopic = %q, %v; want %q", got, err, tt.want)
 			}
-			if err != nil && got == "" {
-				t.Errorf("routeTopic = %q with %v; want the invalid name for dead letters", got, err)
+			raw := expandTemplate(tt.template, ev.AggregateType)
+			if ev.Topic != nil {
+				raw = string(ev.Topic)
+			}
+			if err != nil && got != raw {
+				t.Errorf("routeTopic = %q with %v; want the invalid name %q for dead letters", got, err, raw)
 			}
 		})
 	}
