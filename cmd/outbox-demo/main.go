@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outbox-relay/outbox-relay/internal/devenv"
@@ -54,7 +55,9 @@ func demo(relayBin string, events int, keep bool) error {
 	fmt.Println("   ", pgURL)
 
 	step("starting an in-process Kafka-protocol broker (kfake)")
-	kafka, err := devenv.StartKafka()
+	// The topic exists from the start, so the first events do not wait for
+	// the consumer to discover a topic created on the fly.
+	kafka, err := devenv.StartKafka(kfake.SeedTopics(3, "outbox.event.order"))
 	if err != nil {
 		return err
 	}
@@ -134,14 +137,15 @@ func demo(relayBin string, events int, keep bool) error {
 		if err != nil {
 			return err
 		}
+		sent := time.Now()
 		if err := tx.Commit(ctx); err != nil {
 			return err
 		}
-		committed[id] = time.Now()
+		committed[id] = sent
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	step("what an independent Kafka consumer (franz-go) read, with the time from commit to its arrival")
+	step("what an independent Kafka consumer (franz-go) read, with the time from sending COMMIT to its arrival")
 	seen := 0
 	for seen < events {
 		var a arrival
@@ -162,7 +166,7 @@ func demo(relayBin string, events int, keep bool) error {
 		}
 		latency := ""
 		if t, ok := committed[id]; ok {
-			latency = fmt.Sprintf("  (%.1f ms after commit)", float64(a.at.Sub(t).Microseconds())/1000)
+			latency = fmt.Sprintf("  (%.1f ms after COMMIT)", float64(a.at.Sub(t).Microseconds())/1000)
 		}
 		fmt.Printf("    %s[%d]@%d key=%s value=%s headers=[%s]%s\n",
 			r.Topic, r.Partition, r.Offset, r.Key, r.Value, strings.Join(hdrs, " "), latency)

@@ -1,0 +1,80 @@
+package relay
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadConfigDefaults(t *testing.T) {
+	cfg, err := LoadConfig([]string{"OUTBOX_RELAY_PG_URL=postgres://h/db", "OUTBOX_RELAY_KAFKA_BROKERS=k1:9092, k2:9092"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"TABLE", cfg.Table, "public.outbox"},
+		{"SLOT", cfg.Slot, "outbox_relay"},
+		{"PUBLICATION", cfg.Publication, "outbox_relay"},
+		{"TOPIC", cfg.Topic, "outbox.event.${aggregatetype}"},
+		{"ACK_MODE", cfg.AckMode, AckDelete},
+		{"MAX_INFLIGHT_BYTES", cfg.MaxInflightBytes, int64(67108864)},
+		{"STATUS_INTERVAL", cfg.StatusInterval, time.Second},
+		{"LOG_LEVEL", cfg.LogLevel, "info"},
+		{"DLQ_TOPIC", cfg.DLQTopic, "outbox.dlq"},
+		{"RECONCILE_GRACE", cfg.ReconcileGrace, 5 * time.Minute},
+		{"RECONCILE_INTERVAL", cfg.ReconcileInterval, 30 * time.Second},
+		{"RECONCILE_BATCH", cfg.ReconcileBatch, 500},
+		{"HTTP_ADDR", cfg.HTTPAddr, ":9187"},
+		{"LEADER_RETRY", cfg.LeaderRetry, 2 * time.Second},
+		{"HEARTBEAT_INTERVAL", cfg.HeartbeatInterval, 10 * time.Second},
+		{"brokers", len(cfg.KafkaBrokers), 2},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	base := []string{"OUTBOX_RELAY_PG_URL=postgres://h/db", "OUTBOX_RELAY_KAFKA_BROKERS=k:9092"}
+	tests := []struct {
+		name      string
+		env       []string
+		needKafka bool
+		want      string // the variable the error must name
+	}{
+		{"missing PG_URL", []string{"OUTBOX_RELAY_KAFKA_BROKERS=k:9092"}, true, "OUTBOX_RELAY_PG_URL"},
+		{"missing brokers for run", []string{"OUTBOX_RELAY_PG_URL=postgres://h/db"}, true, "OUTBOX_RELAY_KAFKA_BROKERS"},
+		{"bad broker", append(base[:1:1], "OUTBOX_RELAY_KAFKA_BROKERS=nohostport"), true, "OUTBOX_RELAY_KAFKA_BROKERS"},
+		{"ack mode", append(base, "OUTBOX_RELAY_ACK_MODE=sometimes"), true, "OUTBOX_RELAY_ACK_MODE"},
+		{"duration", append(base, "OUTBOX_RELAY_STATUS_INTERVAL=soon"), true, "OUTBOX_RELAY_STATUS_INTERVAL"},
+		{"status interval too long", append(base, "OUTBOX_RELAY_STATUS_INTERVAL=2m"), true, "OUTBOX_RELAY_STATUS_INTERVAL"},
+		{"inflight not a number", append(base, "OUTBOX_RELAY_MAX_INFLIGHT_BYTES=lots"), true, "OUTBOX_RELAY_MAX_INFLIGHT_BYTES"},
+		{"inflight too small", append(base, "OUTBOX_RELAY_MAX_INFLIGHT_BYTES=10"), true, "OUTBOX_RELAY_MAX_INFLIGHT_BYTES"},
+		{"slot name", append(base, "OUTBOX_RELAY_SLOT=Bad-Slot"), true, "OUTBOX_RELAY_SLOT"},
+		{"table", append(base, "OUTBOX_RELAY_TABLE=a.b.c"), true, "OUTBOX_RELAY_TABLE"},
+		{"log level", append(base, "OUTBOX_RELAY_LOG_LEVEL=loud"), true, "OUTBOX_RELAY_LOG_LEVEL"},
+		{"sasl mechanism", append(base, "OUTBOX_RELAY_KAFKA_SASL_MECHANISM=GSSAPI"), true, "OUTBOX_RELAY_KAFKA_SASL_MECHANISM"},
+		{"sasl without user", append(base, "OUTBOX_RELAY_KAFKA_SASL_MECHANISM=PLAIN"), true, "OUTBOX_RELAY_KAFKA_SASL_USER"},
+		{"reconcile batch", append(base, "OUTBOX_RELAY_RECONCILE_BATCH=0"), true, "OUTBOX_RELAY_RECONCILE_BATCH"},
+		{"negative heartbeat", append(base, "OUTBOX_RELAY_HEARTBEAT_INTERVAL=-1s"), true, "OUTBOX_RELAY_HEARTBEAT_INTERVAL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadConfig(tt.env, tt.needKafka)
+			if err == nil {
+				t.Fatalf("LoadConfig = nil error, want one naming %s", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error = %q, want it to name %s", err, tt.want)
+			}
+		})
+	}
+	if _, err := LoadConfig([]string{"OUTBOX_RELAY_PG_URL=postgres://h/db"}, false); err != nil {
+		t.Errorf("setup without brokers: %v, want no error", err)
+	}
+}
