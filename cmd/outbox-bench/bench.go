@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -138,6 +139,37 @@ func (b *bench) drop(db *database) {
 	conn.Exec(ctx, "CHECKPOINT") // recycle the WAL the dropped slots pinned
 }
 
+// serverSide describes the walsender of slot and the end of the server log,
+// for the error of a relay that stopped making progress: was the server
+// still sending?
+func (b *bench) serverSide(ctx context.Context, db *database, slot string) string {
+	var out strings.Builder
+	rows, err := db.conn.Query(ctx, `SELECT r.pid, r.state, r.sent_lsn::text, r.write_lsn::text, r.flush_lsn::text,
+		coalesce(a.wait_event_type, '') || ':' || coalesce(a.wait_event, ''), coalesce(r.reply_time::text, '')
+		FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+		JOIN pg_stat_activity a ON a.pid = r.pid WHERE s.slot_name = $1`, slot)
+	if err == nil {
+		for rows.Next() {
+			var pid int32
+			var state, sent, write, flush, wait, reply string
+			if rows.Scan(&pid, &state, &sent, &write, &flush, &wait, &reply) == nil {
+				wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", pid))
+				fmt.Fprintf(&out, "walsender pid %d: state %s, sent %s, write %s, flush %s, wait %s, wchan %s, last reply %s, cpu %.1fs\n",
+					pid, state, sent, write, flush, wait, wchan, reply, processCPU(int(pid)))
+			}
+		}
+		rows.Close()
+	}
+	// Socket queues of the connections to the server: bytes a side has not
+	// read yet show in its Recv-Q.
+	port := strconv.Itoa(b.pg.Port())
+	if ss, err := exec.CommandContext(ctx, "ss", "-tnpi", "( sport = :"+port+" or dport = :"+port+" )").CombinedOutput(); err == nil {
+		fmt.Fprintf(&out, "sockets (ss -tnpi):\n%s", ss)
+	}
+	fmt.Fprintf(&out, "server log:\n%s", b.pg.LogTail(30))
+	return out.String()
+}
+
 // walLSN returns pg_current_wal_lsn() as text.
 func (db *database) walLSN(ctx context.Context) (string, error) {
 	var lsn string
@@ -145,15 +177,27 @@ func (db *database) walLSN(ctx context.Context) (string, error) {
 	return lsn, err
 }
 
-// slotState reads whether the slot confirmed endLSN, and its walsender's pid.
-func (db *database) slotState(ctx context.Context, slot, endLSN string) (confirmed bool, activePID int, err error) {
+// slotState is what the benchmark follows of a slot while it drains.
+type slotState struct {
+	reachedEnd bool   // confirmed_flush_lsn >= the end LSN asked about
+	confirmed  string // confirmed_flush_lsn
+	activePID  int    // the walsender's pid, 0 when none streams the slot
+}
+
+// slotState reads the state of slot against endLSN.
+func (db *database) slotState(ctx context.Context, slot, endLSN string) (slotState, error) {
+	var st slotState
 	var pid *int32
-	err = db.conn.QueryRow(ctx, `SELECT coalesce(confirmed_flush_lsn >= $2::pg_lsn, false), active_pid
-		FROM pg_replication_slots WHERE slot_name = $1`, slot, endLSN).Scan(&confirmed, &pid)
+	var confirmed *string
+	err := db.conn.QueryRow(ctx, `SELECT coalesce(confirmed_flush_lsn >= $2::pg_lsn, false), confirmed_flush_lsn::text, active_pid
+		FROM pg_replication_slots WHERE slot_name = $1`, slot, endLSN).Scan(&st.reachedEnd, &confirmed, &pid)
 	if pid != nil {
-		activePID = int(*pid)
+		st.activePID = int(*pid)
 	}
-	return confirmed, activePID, err
+	if confirmed != nil {
+		st.confirmed = *confirmed
+	}
+	return st, err
 }
 
 // slotLag is pg_current_wal_lsn() - confirmed_flush_lsn of the slot, in bytes.

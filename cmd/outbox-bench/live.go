@@ -47,12 +47,12 @@ type LiveResult struct {
 	// Slot lag (pg_current_wal_lsn() - confirmed_flush_lsn), sampled every
 	// second: medians of the first and last few samples, and the largest.
 	// Relay only.
-	LagStartBytes int64 `json:"slot_lag_start_bytes,omitempty"`
-	LagEndBytes   int64 `json:"slot_lag_end_bytes,omitempty"`
-	LagMaxBytes   int64 `json:"slot_lag_max_bytes,omitempty"`
-	// RelayCPU is the relay process's CPU over the run, percent of one core.
-	RelayCPU    float64 `json:"relay_cpu_percent,omitempty"`
-	MachineBusy float64 `json:"machine_busy_percent"`
+	LagStartBytes int64   `json:"slot_lag_start_bytes,omitempty"`
+	LagEndBytes   int64   `json:"slot_lag_end_bytes,omitempty"`
+	LagMaxBytes   int64   `json:"slot_lag_max_bytes,omitempty"`
+	MachineBusy   float64 `json:"machine_busy_percent"`
+	// CPU is where the machine's CPU went during the load, in cores.
+	CPU CPUUse `json:"cpu_cores"`
 	// Profiles of the relay over the run (-profile).
 	Profiles []string `json:"profiles,omitempty"`
 }
@@ -95,7 +95,7 @@ func (b *bench) live(ctx context.Context, rate int, rd reader) (LiveResult, erro
 		if b.o.profile {
 			vars["PPROF"] = "true"
 		}
-		relay, err = startRelay(b.o.relayBin, vars, filepath.Join(b.o.outDir, "logs", db.name+".log"))
+		relay, err = startRelay(b.o.relayBin, vars, b.o.relayExtraEnv, filepath.Join(b.o.outDir, "logs", db.name+".log"))
 		if err != nil {
 			return res, err
 		}
@@ -141,7 +141,7 @@ func (b *bench) live(ctx context.Context, rate int, rd reader) (LiveResult, erro
 			sleep(lagCtx, time.Second)
 		}
 	}()
-	busy0 := machineCPU()
+	busy0, cpuUse := machineCPU(), b.trackCPU()
 	cpu0 := 0.0
 	if relay != nil {
 		cpu0 = processCPU(relay.pid())
@@ -156,6 +156,7 @@ func (b *bench) live(ctx context.Context, rate int, rd reader) (LiveResult, erro
 	if err := prod.run(ctx, b.o.producers, events, rate, commitAt); err != nil {
 		stopLag()
 		<-lagDone
+		cpuUse.finish(0)
 		return res, err
 	}
 	res.Seconds = time.Since(t0).Seconds()
@@ -163,8 +164,12 @@ func (b *bench) live(ctx context.Context, rate int, rd reader) (LiveResult, erro
 	stopLag()
 	<-lagDone
 	res.MachineBusy = busySince(busy0)
+	relayCPU := 0.0
 	if relay != nil {
-		res.RelayCPU = 100 * (processCPU(relay.pid()) - cpu0) / res.Seconds
+		relayCPU = processCPU(relay.pid()) - cpu0
+	}
+	res.CPU = cpuUse.finish(relayCPU)
+	if relay != nil {
 		if err := relay.alive(); err != nil {
 			return res, err
 		}

@@ -34,17 +34,20 @@ type options struct {
 	scenarios    map[string]bool
 	backlogRows  int
 	backlogTxn   int
+	drainRepeats int
 	liveDuration time.Duration
 	liveRates    []int
 	liveTxn      int
 	producers    int
 	largeRows    int
 	payloadBytes int
+	// relayExtraEnv is added to the relay's environment (-relay-env).
+	relayExtraEnv []string
 }
 
 func main() {
 	var o options
-	var scenarios, rates string
+	var scenarios, rates, relayExtra string
 	flag.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "path to the outbox-relay binary (make build)")
 	flag.StringVar(&o.outDir, "out", "bench-out", "directory for logs, profiles and the report files")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON instead of markdown tables")
@@ -52,13 +55,25 @@ func main() {
 	flag.StringVar(&scenarios, "scenarios", "drain,latency,polling,large", "scenarios to run, comma-separated")
 	flag.IntVar(&o.backlogRows, "backlog-rows", 500_000, "rows in the backlog of the drain scenario")
 	flag.IntVar(&o.backlogTxn, "backlog-txn-rows", 100, "rows per transaction in the backlog")
+	flag.IntVar(&o.drainRepeats, "drain-repeats", 3, "rounds of the backlog drain (medians are reported)")
 	flag.DurationVar(&o.liveDuration, "duration", 30*time.Second, "length of each live-load run")
 	flag.StringVar(&rates, "rates", "1000,5000,10000", "live-load rates in events/s, comma-separated")
 	flag.IntVar(&o.liveTxn, "live-txn-rows", 10, "rows per transaction under live load")
 	flag.IntVar(&o.producers, "producers", 4, "producer connections under live load")
 	flag.IntVar(&o.largeRows, "large-rows", 1_000_000, "rows in the single large transaction")
 	flag.IntVar(&o.payloadBytes, "payload-bytes", 400, "approximate size of each jsonb payload")
+	flag.StringVar(&relayExtra, "relay-env", "", "extra NAME=value pairs for the relay's environment, comma-separated "+
+		"(e.g. GOMEMLIMIT=100MiB,OUTBOX_RELAY_MAX_INFLIGHT_BYTES=16777216); they override the benchmark's settings")
 	flag.Parse()
+	for _, kv := range strings.Split(relayExtra, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if !strings.Contains(kv, "=") {
+			fatal(fmt.Errorf("-relay-env: %q is not NAME=value", kv))
+		}
+		o.relayExtraEnv = append(o.relayExtraEnv, kv)
+	}
 
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(scenarios, ",") {
@@ -77,7 +92,7 @@ func main() {
 		}
 		o.liveRates = append(o.liveRates, n)
 	}
-	if o.backlogRows <= 0 || o.backlogTxn <= 0 || o.liveTxn <= 0 || o.producers <= 0 || o.largeRows <= 0 ||
+	if o.backlogRows <= 0 || o.backlogTxn <= 0 || o.drainRepeats <= 0 || o.liveTxn <= 0 || o.producers <= 0 || o.largeRows <= 0 ||
 		o.liveDuration < time.Second || o.payloadBytes < 100 {
 		fatal(errors.New("sizes must be positive, -duration at least 1s and -payload-bytes at least 100"))
 	}
@@ -178,6 +193,7 @@ func (o options) summary() map[string]string {
 	return map[string]string{
 		"backlog_rows":     strconv.Itoa(o.backlogRows),
 		"backlog_txn_rows": strconv.Itoa(o.backlogTxn),
+		"drain_repeats":    strconv.Itoa(o.drainRepeats),
 		"live_duration":    o.liveDuration.String(),
 		"live_rates":       strings.Join(rates, ","),
 		"live_txn_rows":    strconv.Itoa(o.liveTxn),
@@ -185,5 +201,6 @@ func (o options) summary() map[string]string {
 		"large_rows":       strconv.Itoa(o.largeRows),
 		"payload_bytes":    strconv.Itoa(o.payloadBytes),
 		"profile":          strconv.FormatBool(o.profile),
+		"relay_env":        strings.Join(o.relayExtraEnv, ","),
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,8 +29,9 @@ type relayProcess struct {
 }
 
 // startRelay starts `outbox-relay run` with the OUTBOX_RELAY_* variables in
-// vars (names without the prefix), logging to logPath.
-func startRelay(bin string, vars map[string]string, logPath string) (*relayProcess, error) {
+// vars (names without the prefix), then extra (NAME=value, -relay-env, which
+// may override them), logging to logPath.
+func startRelay(bin string, vars map[string]string, extra []string, logPath string) (*relayProcess, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -40,7 +42,7 @@ func startRelay(bin string, vars map[string]string, logPath string) (*relayProce
 		return nil, err
 	}
 	cmd := exec.Command(bin, "run")
-	cmd.Env = relayEnv(vars)
+	cmd.Env = append(relayEnv(vars), extra...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The relay must not outlive the benchmark, whatever kills it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -110,19 +112,77 @@ func (r *relayProcess) get(ctx context.Context, path string) (*http.Response, er
 
 // metric reads one unlabelled sample from /metrics.
 func (r *relayProcess) metric(ctx context.Context, name string) (float64, error) {
-	resp, err := r.get(ctx, "/metrics")
+	values, err := r.metrics(ctx, name)
 	if err != nil {
 		return 0, err
 	}
+	v, ok := values[name]
+	if !ok {
+		return 0, fmt.Errorf("metric %s not in /metrics", name)
+	}
+	return v, nil
+}
+
+// metrics reads unlabelled samples from one scrape of /metrics; names
+// missing from it are missing from the map.
+func (r *relayProcess) metrics(ctx context.Context, names ...string) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second) // a relay that does not answer must not stop the run
+	defer cancel()
+	resp, err := r.get(ctx, "/metrics")
+	if err != nil {
+		return nil, err
+	}
 	defer resp.Body.Close()
+	values := map[string]float64{}
 	s := bufio.NewScanner(resp.Body)
 	s.Buffer(make([]byte, 64<<10), 1<<20)
 	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		name, value, ok := strings.Cut(s.Text(), " ")
+		if !ok || !slices.Contains(names, name) {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+			values[name] = v
 		}
 	}
-	return 0, fmt.Errorf("metric %s not in /metrics", name)
+	return values, s.Err()
+}
+
+// stuckReport describes where a relay that did not finish stands, for the
+// error that ends the run.
+func (r *relayProcess) stuckReport(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var parts []string
+	for _, name := range []string{"outbox_relay_events_published_total", "outbox_relay_inflight_records",
+		"outbox_relay_inflight_bytes", "outbox_relay_confirmed_lsn", "outbox_relay_transactions_total"} {
+		if v, err := r.metric(ctx, name); err == nil {
+			parts = append(parts, fmt.Sprintf("%s %.0f", name, v))
+		}
+	}
+	if len(parts) == 0 {
+		return "the relay did not answer /metrics"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// dumpStacks ends a stuck relay with SIGQUIT, whose default handler writes
+// every goroutine's stack to the relay's log.
+func (r *relayProcess) dumpStacks() {
+	if r.alive() != nil {
+		return
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-r.exited:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// drainTimeout bounds a drain of rows: generous (5,000 rows/s, at least 2
+// minutes), so only a stuck relay reaches it.
+func drainTimeout(rows int) time.Duration {
+	return max(2*time.Minute, time.Duration(rows/5000)*time.Second)
 }
 
 // fetch saves the body of path (a pprof endpoint) to file.

@@ -179,38 +179,52 @@ func num(n float64) string {
 
 func (r *report) backlogMarkdown(w *strings.Builder) {
 	bl := r.Backlog
-	recv := bl.Runs[0]
+	first := bl.Runs[0]
 	fmt.Fprintf(w, "## 1. Backlog drain\n\n")
 	fmt.Fprintf(w, "Setup: %s outbox rows (jsonb payload ≈ %.0f B, 1,000 keys), %d rows per transaction, written "+
-		"while no reader streams the slot (%.0f MB of WAL). Each reader drains the same backlog in a fresh database. "+
+		"while no reader streams the slot (%.0f MB of WAL). Each reader drains the same backlog in a fresh database; "+
+		"the three readers take turns, %d rounds, and the tables show medians. "+
 		"pg_recvlogical: a slot of its own on the relay's publication, `-o proto_version=1`, `-f /dev/null`, "+
 		"`--endpos` = `pg_current_wal_lsn()` after the inserts. Relay: timed from its process start until every "+
 		"record is acked by Kafka and the slot's `confirmed_flush_lsn` ≥ that position; `STATUS_INTERVAL=%s` "+
-		"(so confirming does not add a status period to a run of seconds), every other setting default.",
-		num(float64(bl.Rows)), recv.PayloadBytes, bl.TxnRows, float64(recv.WALBytes)/1e6, bl.StatusInterval)
+		"(so confirming does not add a status period to a run of seconds), every other setting default. "+
+		"Reader and walsender CPU are CPU seconds over the run; cores busy splits the machine's CPU "+
+		"(2 cores = 2.00) between the reader, every process of the Postgres cluster (walsender and backends), this "+
+		"benchmark process (which hosts the kfake broker) and everything else on the machine. Max in-flight is "+
+		"the largest `outbox_relay_inflight_bytes` sampled (every 50 ms): at the cap (64 MiB = 67.1 MB) the stream "+
+		"waits for acks.",
+		num(float64(bl.Rows)), first.PayloadBytes, bl.TxnRows, float64(first.WALBytes)/1e6, bl.Repeats, bl.StatusInterval)
 	if bl.Profiled {
-		fmt.Fprintf(w, " **Profiled run** (`-profile`): the relay's figures include the CPU profiler's overhead.")
+		fmt.Fprintf(w, " **Profiled run** (`-profile`): the relay's figures of round 1 include the CPU profiler's overhead.")
 	}
-	fmt.Fprintf(w, "\n\n| Reader | Drain time | Events/s | × pg_recvlogical | All acked by Kafka at | Reader CPU | Walsender CPU | Bench process CPU (kfake) | Machine busy | Records in Kafka |\n")
+	recv := bl.Readers[0]
+	fmt.Fprintf(w, "\n\n| Reader | Drain time | Events/s (min–max) | × pg_recvlogical | All acked by Kafka at | Reader CPU | Walsender CPU | Cores busy: reader / Postgres / bench / other | Max in-flight | Records in Kafka |\n")
 	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, run := range bl.Runs {
-		kafkaAt, inKafka, benchCPU := "—", "—", "—"
-		if run.KafkaSeconds > 0 {
-			kafkaAt = fmt.Sprintf("%.2f s", run.KafkaSeconds)
-			inKafka = num(float64(run.RecordsInKafka))
-			benchCPU = fmt.Sprintf("%.1f s", run.BenchCPU)
+	for _, s := range bl.Readers {
+		kafkaAt, inKafka, inflight := "—", "—", "—"
+		if s.KafkaSeconds > 0 {
+			kafkaAt = fmt.Sprintf("%.2f s", s.KafkaSeconds)
+			inKafka = num(float64(s.RecordsInKafka))
+			inflight = fmt.Sprintf("%.1f MB", s.MaxInflightMB)
 		}
-		fmt.Fprintf(w, "| %s | %.2f s | %s | %.2f | %s | %.1f s | %.1f s | %s | %.0f%% | %s |\n",
-			run.Reader, run.Seconds, num(run.EventsPerSec), ratio(run.EventsPerSec, recv.EventsPerSec),
-			kafkaAt, run.ReaderCPU, run.WalsenderCPU, benchCPU, run.MachineBusy, inKafka)
+		fmt.Fprintf(w, "| %s | %.2f s | %s (%s–%s) | %.2f | %s | %.1f s | %.1f s | %s | %s | %s |\n",
+			s.Reader, s.Seconds, num(s.EventsPerSec), num(s.MinEventsPerSec), num(s.MaxEventsPerSec),
+			ratio(s.EventsPerSec, recv.EventsPerSec), kafkaAt, s.ReaderCPU, s.WalsenderCPU, s.CPU, inflight, inKafka)
 	}
-	none := bl.Runs[1]
+	none := bl.Readers[1]
 	fmt.Fprintf(w, "\n| Target | Measured | Met |\n|---|---:|:-:|\n")
 	fmt.Fprintf(w, "| relay (none) ≥ 0.6 × pg_recvlogical | %.2f × | %s |\n", bl.NoneVsRecvlogical, met(bl.NoneVsRecvlogical >= 0.6))
 	fmt.Fprintf(w, "| relay (none) ≥ 60,000 events/s | %s events/s | %s |\n", num(none.EventsPerSec), met(none.EventsPerSec >= 60000))
 	fmt.Fprintf(w, "| delete within 25%% of none (drain time ratio ≤ 1.25) | %.2f | %s |\n", bl.DeleteTimeVsNone, met(bl.DeleteTimeVsNone <= 1.25))
 	fmt.Fprintf(w, "| relay (delete) vs pg_recvlogical (no target) | %.2f × | |\n", bl.DeleteVsRecvlogical)
-	writeProfiles(w, "Profiles of the relay during these drains (CPU, allocations since start, heap at the end):", bl.Profiles)
+	fmt.Fprintf(w, "\n<details><summary>Every run</summary>\n\n| Round | Reader | Drain time | Events/s | Reader CPU | Walsender CPU | Cores busy: reader / Postgres / bench / other |\n|---:|---|---:|---:|---:|---:|---:|\n")
+	for _, run := range bl.Runs {
+		fmt.Fprintf(w, "| %d | %s | %.2f s | %s | %.1f s | %.1f s | %s |\n",
+			run.Repeat, run.Reader, run.Seconds, num(run.EventsPerSec), run.ReaderCPU, run.WalsenderCPU, run.CPU)
+	}
+	fmt.Fprintf(w, "\n</details>\n")
+	writeStalls(w, bl.Stalls)
+	writeProfiles(w, "Profiles of the relay during the drains of round 1 (CPU, allocations since start, heap at the end):", bl.Profiles)
 	fmt.Fprintln(w)
 }
 
@@ -232,40 +246,42 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 	if len(relays) > 0 {
 		fmt.Fprintf(w, "## 2. Live latency\n\nSetup: %s Relay: `ACK_MODE=delete`, every setting default "+
 			"(STATUS_INTERVAL 1s). Slot lag = `pg_current_wal_lsn() - confirmed_flush_lsn`, sampled every second: "+
-			"median of the first and of the last 5 samples, and the largest.\n\n", setup)
-		fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Slot lag start → end (max) | Relay CPU | Machine busy |\n")
-		fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n")
+			"median of the first and of the last 5 samples, and the largest. Cores busy splits the machine's CPU "+
+			"(2 cores = 2.00) during the load between the relay, every process of the Postgres cluster (producer "+
+			"backends, walsender, the relay's DELETEs), this benchmark process (producers, consumer, kfake broker) "+
+			"and everything else on the machine.\n\n", setup)
+		fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Slot lag start → end (max) | Cores busy: relay / Postgres / bench / other |\n")
+		fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
 		for _, l := range relays {
-			fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s → %s (%s) | %.0f%% | %.0f%% |\n",
+			fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s → %s (%s) | %s |\n",
 				num(float64(l.TargetRate)), num(l.AchievedRate), num(float64(l.Received)), num(float64(l.Events)),
-				l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, kb(l.LagStartBytes), kb(l.LagEndBytes), kb(l.LagMaxBytes), l.RelayCPU, l.MachineBusy)
+				l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, kb(l.LagStartBytes), kb(l.LagEndBytes), kb(l.LagMaxBytes), l.CPU)
 		}
 		var profiles []string
 		for _, l := range relays {
 			profiles = append(profiles, l.Profiles...)
 		}
 		writeProfiles(w, "Profiles of the relay over these runs (CPU during the load, allocations since start, heap at the end):", profiles)
-		if top := relays[len(relays)-1]; true {
-			flat := lagFlat(top)
-			fmt.Fprintf(w, "\n| Target at %s/s | Measured | Met |\n|---|---:|:-:|\n", num(float64(top.TargetRate)))
-			fmt.Fprintf(w, "| p50 ≤ 5 ms | %.2f ms | %s |\n", top.P50Ms, met(top.P50Ms <= 5))
-			fmt.Fprintf(w, "| p99 ≤ 25 ms | %.2f ms | %s |\n", top.P99Ms, met(top.P99Ms <= 25))
-			fmt.Fprintf(w, "| slot lag flat (end ≤ 2 × start + 1 MB) | %s → %s | %s |\n", kb(top.LagStartBytes), kb(top.LagEndBytes), met(flat))
-			fmt.Fprintf(w, "| every event delivered | %s/%s | %s |\n", num(float64(top.Received)), num(float64(top.Events)), met(top.Received == top.Events))
-		}
+		top := relays[len(relays)-1]
+		flat := lagFlat(top)
+		fmt.Fprintf(w, "\n| Target at %s/s | Measured | Met |\n|---|---:|:-:|\n", num(float64(top.TargetRate)))
+		fmt.Fprintf(w, "| p50 ≤ 5 ms | %.2f ms | %s |\n", top.P50Ms, met(top.P50Ms <= 5))
+		fmt.Fprintf(w, "| p99 ≤ 25 ms | %.2f ms | %s |\n", top.P99Ms, met(top.P99Ms <= 25))
+		fmt.Fprintf(w, "| slot lag flat (end ≤ 2 × start + 1 MB) | %s → %s | %s |\n", kb(top.LagStartBytes), kb(top.LagEndBytes), met(flat))
+		fmt.Fprintf(w, "| every event delivered | %s/%s | %s |\n", num(float64(top.Received)), num(float64(top.Events)), met(top.Received == top.Events))
 		fmt.Fprintln(w)
 	}
 	if len(pollers) > 0 {
-		fmt.Fprintf(w, "## 3. Polling baseline\n\nSetup: the same load (%s) through a minimal polling relay in the "+
+		fmt.Fprintf(w, "## 3. Polling baseline\n\nSetup: the same load as in 2 through a minimal polling relay in the "+
 			"benchmark process: in one transaction `SELECT … WHERE published_at IS NULL ORDER BY created_at LIMIT %d FOR UPDATE SKIP LOCKED` "+
 			"(the id is a random uuid, so created_at gives arrival order, through the outbox DDL's partial index), publish "+
 			"with segmentio/kafka-go (acks=all, BatchTimeout 1 ms), delete the rows, commit; sleep %s after a batch "+
-			"that was not full.\n\n", "as in 2", pollBatch, pollInterval)
-		fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Machine busy |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+			"that was not full.\n\n", pollBatch, pollInterval)
+		fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Cores busy: Postgres / bench (poller included) / other |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, l := range pollers {
-			fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %.0f%% |\n",
+			fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %.2f / %.2f / %.2f |\n",
 				num(float64(l.TargetRate)), num(l.AchievedRate), num(float64(l.Received)), num(float64(l.Events)),
-				l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, l.MachineBusy)
+				l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, l.CPU.Postgres, l.CPU.Bench, l.CPU.Other)
 		}
 		if len(relays) > 0 {
 			fmt.Fprintf(w, "\n| Rate | Relay p50 | Poller p50 | Poller p50 / relay p50 (target ≥ 10) | Met | Relay p99 | Poller p99 |\n|---:|---:|---:|---:|:-:|---:|---:|\n")
@@ -281,6 +297,17 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 			}
 		}
 		fmt.Fprintln(w)
+	}
+}
+
+// writeStalls lists the runs that stalled and were repeated.
+func writeStalls(w *strings.Builder, stalls []*stallError) {
+	if len(stalls) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n**%d run(s) stalled and were repeated in a fresh database** (not in the figures above):\n\n", len(stalls))
+	for _, s := range stalls {
+		fmt.Fprintf(w, "- %s: %s. Diagnostics: `%s`, goroutine stacks: `%s`.\n", s.Run, s.Summary, s.Diagnostics, s.RelayLog)
 	}
 }
 
@@ -327,11 +354,15 @@ func (r *report) largeMarkdown(w *strings.Builder) {
 	fmt.Fprintf(w, "## 4. Large transaction\n\nSetup: one `INSERT … SELECT generate_series` of %s rows (jsonb payload ≈ %.0f B, "+
 		"%.0f MB of WAL) while the relay streams, `ACK_MODE=%s`, default in-flight cap (MAX_INFLIGHT_BYTES 64 MiB) and "+
 		"every other setting default. Drain = from the commit's return until every record is acked and the slot "+
-		"confirmed the transaction. Peak RSS = VmHWM of the relay process at the end (1 MB = 10^6 bytes).\n\n",
+		"confirmed the transaction. Peak RSS = VmHWM of the relay process at the end; in-flight bytes and the Go "+
+		"heap are sampled from /metrics every 100 ms (1 MB = 10^6 bytes).\n\n",
 		num(float64(l.Rows)), l.PayloadBytes, float64(l.WALBytes)/1e6, l.AckMode)
-	fmt.Fprintf(w, "| Insert until commit | Drain after commit | All acked by Kafka at | Events/s | Idle RSS | Peak RSS | Max in-flight sampled | Records in Kafka |\n")
-	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	fmt.Fprintf(w, "| %.1f s | %.1f s | %.1f s | %s | %.0f MB | %.0f MB | %.1f MB | %s |\n\n",
-		l.InsertSeconds, l.DrainSeconds, l.KafkaSeconds, num(l.EventsPerSec), l.IdleRSSMB, l.PeakRSSMB, l.MaxInflightMB, num(float64(l.RecordsInKafka)))
+	fmt.Fprintf(w, "| Insert until commit | Drain after commit | All acked by Kafka at | Events/s | Idle RSS | Peak RSS | Max in-flight sampled | Max Go heap in use sampled | Records in Kafka |\n")
+	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| %.1f s | %.1f s | %.1f s | %s | %.0f MB | %.0f MB | %.1f MB | %.0f MB | %s |\n",
+		l.InsertSeconds, l.DrainSeconds, l.KafkaSeconds, num(l.EventsPerSec), l.IdleRSSMB, l.PeakRSSMB, l.MaxInflightMB, l.MaxHeapMB, num(float64(l.RecordsInKafka)))
+	writeStalls(w, l.Stalls)
+	writeProfiles(w, "Profiles of the relay during the drain (CPU; heap when in-flight bytes first passed half the cap; allocations and heap at the end):", l.Profiles)
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "| Target | Measured | Met |\n|---|---:|:-:|\n| peak RSS ≤ 150 MB | %.0f MB | %s |\n\n", l.PeakRSSMB, met(l.PeakRSSMB <= 150))
 }
