@@ -74,16 +74,17 @@ func (e *Event) Buffer() []byte { return e.buf[:0] }
 // SetBuffer keeps b as the event's backing buffer so its capacity is reused.
 func (e *Event) SetBuffer(b []byte) { e.buf = b }
 
-// eventOverhead approximates the memory an Event costs beyond its bytes: the
-// struct itself and its slice headers.
-const eventOverhead = 256
+// eventOverhead approximates the memory an in-flight Event costs beyond its
+// buffer: the struct, and the Kafka message and headers built from it.
+const eventOverhead = 512
 
 // Size estimates the memory the event holds while in flight, for the
-// in-flight cap: its bytes plus the struct.
+// in-flight cap: its whole buffer (not just the bytes in use), its header
+// keys, and the structs around it, so that the cap bounds real memory.
 func (e *Event) Size() int {
-	n := len(e.ID) + len(e.AggregateType) + len(e.AggregateID) + len(e.Type) + len(e.Payload) + len(e.Topic)
+	n := max(cap(e.buf), len(e.ID)+len(e.AggregateType)+len(e.AggregateID)+len(e.Type)+len(e.Payload)+len(e.Topic))
 	for _, h := range e.Headers {
-		n += len(h.Key) + len(h.Value)
+		n += len(h.Key) + 16
 	}
 	return n + eventOverhead
 }

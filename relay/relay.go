@@ -371,8 +371,10 @@ type tableAcker struct {
 }
 
 func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType string, mode AckMode, log zerolog.Logger, missing prometheus.Counter) *tableAcker {
-	// The array is cast to the id column's own type so the primary key index is used.
-	ids := fmt.Sprintf("%s = ANY($1::%s[])", outbox.QuoteIdent(m.ID), strings.TrimSuffix(idType, "[]"))
+	// The ids travel as text[] (pgx encodes []string to it directly; asking
+	// for uuid[] made it try and fail a binary encoding per call) and are cast
+	// to the id column's own type so the primary key index is used.
+	ids := fmt.Sprintf("%s = ANY($1::text[]::%s[])", outbox.QuoteIdent(m.ID), strings.TrimSuffix(idType, "[]"))
 	sql := fmt.Sprintf("DELETE FROM %s WHERE %s", table.Quoted(), ids)
 	if mode == AckMark {
 		published := outbox.QuoteIdent(m.PublishedAt)

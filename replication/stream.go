@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -44,6 +45,16 @@ type Consumer interface {
 	Drain() <-chan struct{}
 }
 
+// receiveBuffer is the socket receive buffer of the replication connection.
+const receiveBuffer = 4 << 20
+
+// silenceLimit is how long the stream may deliver nothing while the relay is
+// reading before it reconnects. The walsender sends a keepalive at least every
+// wal_sender_timeout/2 (30 s by default), and the relay's heartbeat adds a
+// message every HEARTBEAT_INTERVAL, so silence this long means a stuck
+// connection; reconnecting loses nothing.
+const silenceLimit = 3 * time.Minute
+
 // Conn is a replication connection (replication=database).
 type Conn struct {
 	conn *pgconn.PgConn
@@ -57,6 +68,19 @@ func Connect(ctx context.Context, pgURL string, log zerolog.Logger) (*Conn, erro
 		return nil, fmt.Errorf("parse OUTBOX_RELAY_PG_URL: %w", err)
 	}
 	cfg.RuntimeParams["replication"] = "database"
+	// A receive buffer well above the loopback MSS (64 KiB): with the
+	// kernel's small default, the advertised window was seen to shrink
+	// below one segment and stay there, the walsender blocked with megabytes
+	// queued and the relay idle (a silly-window stall, about 1 drain in 12
+	// in the benchmarks).
+	dial := cfg.DialFunc
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if tcp, ok := conn.(*net.TCPConn); ok && err == nil {
+			_ = tcp.SetReadBuffer(receiveBuffer)
+		}
+		return conn, err
+	}
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "outbox-relay"
 	}
@@ -176,6 +200,7 @@ func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
 	}()
 
 	s.nextStatus = time.Now().Add(s.opts.StatusInterval)
+	lastReceived := time.Now()
 	recvCtx, recvCancel := receiveContext(stopCtx, s.nextStatus)
 	defer func() { recvCancel() }()
 	for {
@@ -194,6 +219,7 @@ func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
 			if err := s.wait(ctx, throttle); err != nil {
 				return err
 			}
+			lastReceived = time.Now() // not reading is not silence
 			continue
 		}
 		if recvCtx.Err() != nil {
@@ -209,10 +235,15 @@ func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
 		msg, err := s.conn.conn.ReceiveMessage(recvCtx)
 		if err != nil {
 			if ctx.Err() == nil && recvCtx.Err() != nil {
+				if silent := time.Since(lastReceived); silent > silenceLimit {
+					return fmt.Errorf("slot %q: nothing received for %s while reading (confirmed %s): reconnecting",
+						s.opts.Slot, silent.Round(time.Second), s.confirmed)
+				}
 				continue // status deadline or graceful stop
 			}
 			return fmt.Errorf("receive from slot %q (confirmed %s): %w", s.opts.Slot, s.confirmed, err)
 		}
+		lastReceived = time.Now()
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
 			if err := s.handle(ctx, msg.Data); err != nil {

@@ -110,6 +110,13 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 // timeout passing by a margin, stops at once.
 func runDaemon(cfg relay.Config, log zerolog.Logger) int {
 	mainLog := log.With().Str("component", "main").Logger()
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// The in-flight cap bounds live memory; without a limit the Go
+		// collector lets the heap grow to twice the live size before it
+		// runs. A soft limit a little above the cap keeps the process near
+		// what the cap promises (GOMEMLIMIT overrides it).
+		debug.SetMemoryLimit(cfg.MaxInflightBytes*3/2 + 16<<20)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r, err := relay.New(cfg, log, reg)
