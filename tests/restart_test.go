@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -166,6 +167,16 @@ func TestKillNineLosesNothing(t *testing.T) {
 	last := e.insert(orderEvents(len(events), 1)...) // the commit position to wait for
 	t.Logf("%d events committed across %d kills", len(events), kills)
 
+	e.checkDeliveredAtLeastOnce(events, last)
+}
+
+// checkDeliveredAtLeastOnce waits until every event is in Kafka and the slot
+// confirmed last, then checks that each key's first occurrences are in
+// commit order and that the outbox is empty (ACK_MODE delete). Duplicates
+// are allowed and counted.
+func (e *testEnv) checkDeliveredAtLeastOnce(events []*event, last outbox.LSN) {
+	t := e.t
+	t.Helper()
 	e.readEvents(2*time.Minute, outboxTopics, idSet(events))
 	e.waitConfirmed(time.Minute, last)
 	records := e.readAll(outboxTopics)
