@@ -112,16 +112,10 @@ func (p *Publisher) Topic(ev *outbox.Event) (string, error) {
 // are written in order: the records of one key reach their partition in the
 // order of events.
 func (p *Publisher) Publish(ctx context.Context, events []outbox.Event) ([]Failure, error) {
-	if err := p.acquire(ctx); err != nil {
+	if err := p.takeTurn(ctx); err != nil {
 		return nil, err
 	}
 	defer p.release()
-	if p.closed {
-		return nil, ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 
 	var failures []Failure
 	b := &p.records
@@ -144,16 +138,10 @@ func (p *Publisher) Publish(ctx context.Context, events []outbox.Event) ([]Failu
 // PublishRaw writes already-built kafka.Messages (used later for dead-letter records) with the same retry and failure rules.
 // Each message must name its topic; msgs itself is not modified.
 func (p *Publisher) PublishRaw(ctx context.Context, msgs []kafka.Message) ([]Failure, error) {
-	if err := p.acquire(ctx); err != nil {
+	if err := p.takeTurn(ctx); err != nil {
 		return nil, err
 	}
 	defer p.release()
-	if p.closed {
-		return nil, ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 
 	var failures []Failure
 	b := &p.records
@@ -204,6 +192,23 @@ func (p *Publisher) acquire(ctx context.Context) error {
 }
 
 func (p *Publisher) release() { <-p.turn }
+
+// takeTurn waits for the publisher's turn and refuses a closed publisher or
+// an ended ctx; on success the caller must release.
+func (p *Publisher) takeTurn(ctx context.Context) error {
+	if err := p.acquire(ctx); err != nil {
+		return err
+	}
+	if p.closed {
+		p.release()
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		p.release()
+		return err
+	}
+	return nil
+}
 
 // tooLarge fails a record kafka-go would refuse to send: it rejects a whole
 // WriteMessages call when one message exceeds BatchBytes.
