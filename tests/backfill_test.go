@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"testing"
@@ -68,7 +69,7 @@ func TestBackfillWithConcurrentInserts(t *testing.T) {
 		t.Fatalf("setup on a table holding %d unacked rows created the slot (%v), want it left to run", backfilled+1, s)
 	}
 
-	w := startStoppableWriter(t, e.name)
+	w := startWriter(t, e.name, math.MaxInt)
 	e.waitFor(30*time.Second, "the writer to commit", func() (bool, string) {
 		return w.count() >= 50, fmt.Sprintf("%d committed", w.count())
 	})

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -209,69 +207,4 @@ func someIDCounts(m map[string]int, n int) []string {
 		out = append(out, fmt.Sprintf("%q×%d", k, m[k]))
 	}
 	return out
-}
-
-// stoppableWriter commits small transactions of order events (keys
-// k-0…k-7, 1 to 3 rows each, distinct keys within one) from its own
-// connection until stopped. Unlike writer, it stops only between
-// transactions, so it knows every row it committed.
-type stoppableWriter struct {
-	stopping atomic.Bool
-	done     chan struct{}
-	mu       sync.Mutex
-	events   []*event
-	err      error
-}
-
-func startStoppableWriter(t *testing.T, db string) *stoppableWriter {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	conn, err := pgx.Connect(ctx, pg.URL(db))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	w := &stoppableWriter{done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		defer cancel()
-		defer conn.Close(context.Background())
-		for seq := 0; !w.stopping.Load(); {
-			events := make([]*event, 1+seq%3)
-			for i := range events {
-				events[i] = &event{aggregateType: "order", aggregateID: fmt.Sprintf("k-%d", (seq+i)%8),
-					typ: "OrderPlaced", payload: jsonText(fmt.Sprintf(`{"seq": %d}`, seq+i)), seq: seq + i}
-			}
-			if _, err := insertEvents(ctx, conn, events, false); err != nil {
-				w.mu.Lock()
-				w.err = err
-				w.mu.Unlock()
-				return
-			}
-			w.mu.Lock()
-			w.events = append(w.events, events...)
-			w.mu.Unlock()
-			seq += len(events)
-		}
-	}()
-	t.Cleanup(func() { w.stopping.Store(true); <-w.done })
-	return w
-}
-
-func (w *stoppableWriter) count() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.events)
-}
-
-// finish stops the writer after its current transaction and returns every
-// event it committed, in commit order.
-func (w *stoppableWriter) finish(t *testing.T) []*event {
-	t.Helper()
-	w.stopping.Store(true)
-	<-w.done
-	if w.err != nil {
-		t.Fatalf("writer: %v", w.err)
-	}
-	return w.events
 }

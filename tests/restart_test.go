@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,14 +74,16 @@ func TestCleanRestartNoDuplicates(t *testing.T) {
 	}
 }
 
-// writer inserts events continuously in small transactions from its own
-// connection, and remembers what it committed in commit order.
+// writer inserts events continuously in small transactions of order events
+// (keys k-0…k-7, 1 to 3 rows each, distinct keys within one) from its own
+// connection, and remembers what it committed in commit order. It stops only
+// between transactions, so it knows every row it committed.
 type writer struct {
 	mu        sync.Mutex
 	committed []*event
 	err       error
 	done      chan struct{}
-	stop      context.CancelFunc
+	stopping  atomic.Bool
 }
 
 func startWriter(t *testing.T, db string, maxEvents int) *writer {
@@ -91,22 +94,21 @@ func startWriter(t *testing.T, db string, maxEvents int) *writer {
 		cancel()
 		t.Fatal(err)
 	}
-	w := &writer{done: make(chan struct{}), stop: cancel}
+	w := &writer{done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
+		defer cancel()
 		defer conn.Close(context.Background())
-		for seq := 0; seq < maxEvents && ctx.Err() == nil; {
+		for seq := 0; seq < maxEvents && !w.stopping.Load(); {
 			events := make([]*event, 1+seq%3)
 			for i := range events {
 				events[i] = &event{aggregateType: "order", aggregateID: fmt.Sprintf("k-%d", (seq+i)%8),
 					typ: "OrderPlaced", payload: jsonText(fmt.Sprintf(`{"seq": %d}`, seq+i)), seq: seq + i}
 			}
 			if _, err := insertEvents(ctx, conn, events, false); err != nil {
-				if ctx.Err() == nil {
-					w.mu.Lock()
-					w.err = err
-					w.mu.Unlock()
-				}
+				w.mu.Lock()
+				w.err = err
+				w.mu.Unlock()
 				return
 			}
 			w.mu.Lock()
@@ -115,7 +117,7 @@ func startWriter(t *testing.T, db string, maxEvents int) *writer {
 			seq += len(events)
 		}
 	}()
-	t.Cleanup(func() { w.stop(); <-w.done })
+	t.Cleanup(func() { w.stopping.Store(true); <-w.done })
 	return w
 }
 
@@ -125,10 +127,11 @@ func (w *writer) count() int {
 	return len(w.committed)
 }
 
-// finish stops the writer and returns what it committed.
+// finish stops the writer after its current transaction and returns every
+// event it committed, in commit order.
 func (w *writer) finish(t *testing.T) []*event {
 	t.Helper()
-	w.stop()
+	w.stopping.Store(true)
 	<-w.done
 	if w.err != nil {
 		t.Fatalf("writer: %v", w.err)
