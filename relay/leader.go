@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/replication"
 )
 
 // errLostLeadership ends a leader's streaming when its lock session broke.
@@ -184,41 +185,35 @@ func (r *Relay) heartbeat(ctx context.Context, conn *pgx.Conn) error {
 // checkSlotWAL reads how much WAL the slot retains and warns before Postgres
 // invalidates it; a lost slot stops the relay.
 func (r *Relay) checkSlotWAL(ctx context.Context, conn *pgx.Conn, log zerolog.Logger) error {
-	var walStatus, maxKeep *string
-	var safeWAL, retained *int64
-	err := conn.QueryRow(ctx, `
-		SELECT wal_status, safe_wal_size, (pg_current_wal_lsn() - restart_lsn)::bigint,
-		       current_setting('max_slot_wal_keep_size')
-		FROM pg_replication_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&walStatus, &safeWAL, &retained, &maxKeep)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fatalf("slot %q disappeared while streaming: someone dropped it; run `outbox-relay setup --recreate-slot`", r.cfg.Slot)
-	}
+	slot, ok, err := replication.LookupSlot(ctx, conn, r.cfg.Slot)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn().Err(err).Msg("cannot read the slot's WAL status")
 		}
 		return nil
 	}
-	if retained != nil {
-		r.metrics.slotRetained.Set(float64(*retained))
+	if !ok {
+		return fatalf("slot %q disappeared while streaming: someone dropped it; run `outbox-relay setup --recreate-slot`", r.cfg.Slot)
 	}
-	status := deref(walStatus)
+	if slot.RetainedBytes != nil {
+		r.metrics.slotRetained.Set(float64(*slot.RetainedBytes))
+	}
 	ev := log.Debug()
-	switch status {
+	switch slot.WALStatus {
 	case "lost":
 		return fatalf("slot %q is lost (its WAL was removed): run `outbox-relay setup --recreate-slot`", r.cfg.Slot)
 	case "unreserved":
 		ev = log.Warn()
 	}
-	if safeWAL != nil && *safeWAL < 1<<30 {
+	if slot.SafeWALSize != nil && *slot.SafeWALSize < 1<<30 {
 		ev = log.Warn()
 	}
-	e := ev.Str("slot", r.cfg.Slot).Str("wal_status", status).Str("max_slot_wal_keep_size", deref(maxKeep))
-	if retained != nil {
-		e = e.Int64("retained_wal_bytes", *retained)
+	e := ev.Str("slot", r.cfg.Slot).Str("wal_status", slot.WALStatus)
+	if slot.RetainedBytes != nil {
+		e = e.Int64("retained_wal_bytes", *slot.RetainedBytes)
 	}
-	if safeWAL != nil {
-		e = e.Int64("safe_wal_size", *safeWAL)
+	if slot.SafeWALSize != nil {
+		e = e.Int64("safe_wal_size", *slot.SafeWALSize)
 	}
 	e.Msg("slot WAL status")
 	return nil
@@ -235,11 +230,4 @@ func (r *Relay) measureOldestUnacked(ctx context.Context, conn *pgx.Conn) error 
 	}
 	r.metrics.oldestUnacked.Set(max(age, 0))
 	return nil
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }

@@ -170,6 +170,11 @@ type Slot struct {
 	ConfirmedFlushLSN outbox.LSN
 	RestartLSN        outbox.LSN
 	WALStatus         string // reserved, extended, unreserved, lost ("" when unknown)
+	// SafeWALSize is the WAL that can still be written before the slot is
+	// in danger of being lost; nil when max_slot_wal_keep_size is unlimited.
+	SafeWALSize *int64
+	// RetainedBytes is the WAL the slot keeps: pg_current_wal_lsn() - restart_lsn.
+	RetainedBytes *int64
 }
 
 // LookupSlot reads the slot named name; ok is false when it does not exist.
@@ -179,9 +184,11 @@ func LookupSlot(ctx context.Context, conn *pgx.Conn, name string) (slot Slot, ok
 	var confirmed, restart *string
 	err = conn.QueryRow(ctx, `
 		SELECT slot_name, plugin, database, active, active_pid,
-		       confirmed_flush_lsn::text, restart_lsn::text, wal_status
+		       confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+		       safe_wal_size, (pg_current_wal_lsn() - restart_lsn)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1`, name).
-		Scan(&slot.Name, &plugin, &database, &slot.Active, &pid, &confirmed, &restart, &walStatus)
+		Scan(&slot.Name, &plugin, &database, &slot.Active, &pid, &confirmed, &restart, &walStatus,
+			&slot.SafeWALSize, &slot.RetainedBytes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Slot{}, false, nil
 	}
