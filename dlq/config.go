@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl"
 
 	"github.com/outbox-relay/outbox-relay/internal/kafkaauth"
+	"github.com/outbox-relay/outbox-relay/publisher"
 )
 
 // DefaultGroup is the consumer group Replay tracks its progress with when
@@ -92,24 +93,11 @@ func (cfg Config) newWriter() (*kafka.Writer, func() error, error) {
 	if mechanism != nil {
 		transport.SASL = kafkaauth.ForKafkaGo(mechanism)
 	}
-	w := &kafka.Writer{
-		Addr:      kafka.TCP(cfg.Brokers...),
-		Transport: transport,
-		// The partition the relay would have chosen for the key: the
-		// Java client's murmur2, as the publisher uses.
-		Balancer:     &kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll, // a Writer{} literal would not wait for acks
-		Async:        false,            // async drops errors, and Replay commits only what was acked
-		// The original topic normally exists; if it was deleted, recreate
-		// it as the relay's own publisher would.
-		AllowAutoTopicCreation: true,
-		BatchSize:              pollBatch,
-		// Each WriteMessages call hands over a complete batch; the default
-		// BatchTimeout of 1s would be a pause per partition per call.
-		BatchTimeout: time.Millisecond,
-		WriteTimeout: 10 * time.Second,
-		ReadTimeout:  10 * time.Second,
-	}
+	// The partition the relay would have chosen for the key: the Java
+	// client's murmur2, as the publisher uses. A deleted original topic is
+	// recreated as the relay's own publisher would.
+	w := publisher.NewWriter(kafka.TCP(cfg.Brokers...), transport, &kafka.Murmur2Balancer{}, pollBatch, 0, 10*time.Second)
+	w.MaxAttempts = 0 // kafka-go's own retries: Replay has no retry loop of its own
 	closeAll := func() error {
 		err := w.Close()
 		transport.CloseIdleConnections()

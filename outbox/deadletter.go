@@ -30,3 +30,20 @@ const (
 	ReasonDecodeError       = "decode_error"
 	ReasonUnackedAfterGrace = "unacked_after_grace"
 )
+
+// Failure is an event the producer or the broker rejected permanently.
+type Failure struct {
+	Index  int    // index into the events (or dead letters) passed to the producer
+	Reason string // one of the Reason* words above
+	Err    error
+}
+
+// DeadLetter is an event on its way to the dead-letter topic and why. The
+// producer builds its record: the original key, value and headers plus the
+// outbox.dlq.* headers.
+type DeadLetter struct {
+	Event         *Event
+	Reason        string
+	Error         string
+	OriginalTopic string
+}

@@ -10,31 +10,13 @@ import (
 	"syscall"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
-// Failure reasons: stable machine words for metrics and dead-letter headers.
-const (
-	// ReasonMessageTooLarge: the record is larger than BatchBytes, or the
-	// broker found it larger than the topic's max.message.bytes.
-	ReasonMessageTooLarge = "message_too_large"
-	// ReasonInvalidTopic: the topic name is not one Kafka accepts.
-	ReasonInvalidTopic = "invalid_topic"
-	// ReasonTopicAuthorizationFailed: the relay may not write to the topic.
-	ReasonTopicAuthorizationFailed = "topic_authorization_failed"
-	// ReasonInvalidRecord: the broker refused the record's contents (a null
-	// key on a compacted topic, a timestamp out of range, ...).
-	ReasonInvalidRecord = "invalid_record"
-	// ReasonRejected: the broker refused the record for another permanent
-	// reason (a topic policy, an unsupported message format).
-	ReasonRejected = "rejected"
-)
-
-// Failure is an event the broker or the publisher rejected permanently.
-type Failure struct {
-	Index  int    // index into the events passed to Publish
-	Reason string // stable machine word: message_too_large, invalid_topic, topic_authorization_failed, invalid_record, rejected
-	Err    error
-}
+// Failure is an event the broker or the publisher rejected permanently; its
+// Reason is one of outbox's Reason* words.
+type Failure = outbox.Failure
 
 // classification says what to do with a failed write.
 type classification struct {
@@ -58,15 +40,15 @@ func classify(err error) classification {
 	}
 	switch code {
 	case kafka.MessageSizeTooLarge, kafka.RecordListTooLarge:
-		return classification{reason: ReasonMessageTooLarge}
+		return classification{reason: outbox.ReasonMessageTooLarge}
 	case kafka.InvalidTopic:
-		return classification{reason: ReasonInvalidTopic, topicWide: true}
+		return classification{reason: outbox.ReasonInvalidTopic, topicWide: true}
 	case kafka.TopicAuthorizationFailed:
-		return classification{reason: ReasonTopicAuthorizationFailed, topicWide: true}
+		return classification{reason: outbox.ReasonTopicAuthFailed, topicWide: true}
 	case kafka.InvalidRecord, kafka.InvalidTimestamp, kafka.InvalidMessageSize:
-		return classification{reason: ReasonInvalidRecord}
+		return classification{reason: outbox.ReasonInvalidRecord}
 	case kafka.PolicyViolation, kafka.UnsupportedForMessageFormat:
-		return classification{reason: ReasonRejected}
+		return classification{reason: outbox.ReasonRejected}
 	}
 	return classification{}
 }

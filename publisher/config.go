@@ -1,13 +1,9 @@
 package publisher
 
 import (
-	"crypto/tls"
-
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -48,16 +44,22 @@ type Config struct {
 	// further failed attempt up to BackoffMax. Defaults 100ms and 5s.
 	BackoffMin time.Duration
 	BackoffMax time.Duration
-	// OnRetry, when set, is called with the error of every write that is
-	// retried (for metrics); it must not block.
-	OnRetry func(err error)
-	// TLS, when set, encrypts the connections to the brokers.
-	TLS *tls.Config
-	// SASL, when set, authenticates the connections.
-	SASL sasl.Mechanism
-	// Transport, when set, is used as is (TLS and SASL are then ignored) and
-	// stays the caller's to close; nil means a transport built from TLS and
-	// SASL and owned (and closed) by the Publisher.
+	// OnRetry, when set, is called with the kind (ErrorKind) of the error of
+	// every write that is retried (for metrics); it must not block.
+	OnRetry func(kind string)
+	// TLS turns on TLS to the brokers, verified against TLSCAFile (PEM; the
+	// system roots when empty) unless TLSSkipVerify.
+	TLS           bool
+	TLSCAFile     string
+	TLSSkipVerify bool
+	// SASLMechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; "" for none)
+	// authenticates the connections as SASLUser with SASLPassword.
+	SASLMechanism string
+	SASLUser      string
+	SASLPassword  string
+	// Transport, when set, is used as is (the TLS and SASL settings are then
+	// ignored) and stays the caller's to close; nil means a transport built
+	// from them and owned (and closed) by the Publisher.
 	Transport *kafka.Transport
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outbox-relay/outbox-relay/outbox"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,7 +72,7 @@ func TestTooLargeForBatchBytes(t *testing.T) {
 	if got := fmt.Sprint(failureIndexes(failures)); got != "[0 12 13 39]" {
 		t.Fatalf("failed indexes = %s, want [0 12 13 39]", got)
 	}
-	failed := failedSet(t, failures, ReasonMessageTooLarge)
+	failed := failedSet(t, failures, outbox.ReasonMessageTooLarge)
 	for _, f := range failures {
 		if !errors.Is(f.Err, kafka.MessageSizeTooLarge) {
 			t.Errorf("failure %d: err = %v, want it to wrap kafka.MessageSizeTooLarge", f.Index, f.Err)
@@ -140,7 +141,7 @@ func TestBrokerRejectsTooLarge(t *testing.T) {
 	if got := fmt.Sprint(failureIndexes(failures)); got != "[17]" {
 		t.Fatalf("failed indexes = %s, want [17]", got)
 	}
-	failed := failedSet(t, failures, ReasonMessageTooLarge)
+	failed := failedSet(t, failures, outbox.ReasonMessageTooLarge)
 	if !errors.Is(failures[0].Err, kafka.MessageSizeTooLarge) {
 		t.Errorf("failure err = %v, want kafka.MessageSizeTooLarge", failures[0].Err)
 	}
@@ -192,7 +193,7 @@ func TestInvalidTopic(t *testing.T) {
 	if got := fmt.Sprint(failureIndexes(failures)); got != "[1 3 4 5 6]" {
 		t.Fatalf("failed indexes = %s, want [1 3 4 5 6]", got)
 	}
-	failed := failedSet(t, failures, ReasonInvalidTopic)
+	failed := failedSet(t, failures, outbox.ReasonInvalidTopic)
 	for _, f := range failures {
 		if !errors.Is(f.Err, ErrInvalidTopic) {
 			t.Errorf("failure %d: err = %v, want ErrInvalidTopic", f.Index, f.Err)
@@ -243,7 +244,7 @@ func TestTopicAuthorizationFailed(t *testing.T) {
 	if got := fmt.Sprint(failureIndexes(failures)); got != fmt.Sprint(want) {
 		t.Fatalf("failed indexes = %s, want %v", got, want)
 	}
-	failed := failedSet(t, failures, ReasonTopicAuthorizationFailed)
+	failed := failedSet(t, failures, outbox.ReasonTopicAuthFailed)
 	if n := secretRequests.Load(); n > 2 {
 		t.Errorf("%d produce requests to the refused topic, want at most one per partition (2)", n)
 	}

@@ -221,9 +221,9 @@ func header(r *kgo.Record, key string) string {
 // recordSeq is the commit position of a record produced from makeEvents.
 func recordSeq(t testing.TB, r *kgo.Record) int {
 	t.Helper()
-	seq, err := strconv.Atoi(header(r, HeaderID))
+	seq, err := strconv.Atoi(header(r, outbox.HeaderID))
 	if err != nil {
-		t.Fatalf("record %s/%d@%d: id header %q", r.Topic, r.Partition, r.Offset, header(r, HeaderID))
+		t.Fatalf("record %s/%d@%d: id header %q", r.Topic, r.Partition, r.Offset, header(r, outbox.HeaderID))
 	}
 	return seq
 }

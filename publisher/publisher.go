@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/kafkaauth"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
@@ -58,9 +60,14 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 	}
 	transport := cfg.Transport
 	if transport == nil {
+		t, err := newTransport(cfg)
+		if err != nil {
+			return nil, err
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		// Its Context ends the transport's metadata goroutines on Close.
-		transport = &kafka.Transport{Context: ctx, ClientID: "outbox-relay", TLS: cfg.TLS, SASL: cfg.SASL}
+		t.Context = ctx
+		transport = t
 		p.stopTransport = func() {
 			transport.CloseIdleConnections()
 			cancel()
@@ -68,26 +75,56 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 	}
 	addr := kafka.TCP(cfg.Brokers...)
 	p.newProducer = func() producer {
-		return &kafka.Writer{
-			Addr:                   addr,
-			Transport:              transport,
-			Balancer:               p.balancer,
-			RequiredAcks:           kafka.RequireAll, // a Writer{} literal would not wait for acks
-			Async:                  false,            // async drops errors
-			AllowAutoTopicCreation: true,
-			MaxAttempts:            1, // the publisher retries, to keep order and log each retry
-			BatchSize:              cfg.BatchSize,
-			BatchBytes:             cfg.BatchBytes,
-			// kafka-go flushes a partition batch when it is full or after
-			// BatchTimeout; each call's batches are complete when queued,
-			// and the default of 1s would be a latency floor.
-			BatchTimeout: time.Microsecond,
-			WriteTimeout: cfg.WriteTimeout,
-			ReadTimeout:  cfg.WriteTimeout,
-		}
+		return NewWriter(addr, transport, p.balancer, cfg.BatchSize, cfg.BatchBytes, cfg.WriteTimeout)
 	}
 	p.producer = p.newProducer()
 	return p, nil
+}
+
+// newTransport builds the transport of cfg's TLS and SASL settings. Its
+// errors name the setting and never contain a secret.
+func newTransport(cfg Config) (*kafka.Transport, error) {
+	tlsConfig, err := kafkaauth.TLSConfig(cfg.TLS, cfg.TLSCAFile, cfg.TLSSkipVerify)
+	if err != nil {
+		return nil, fmt.Errorf("TLS CA file: %w", err)
+	}
+	mechanism, err := kafkaauth.Mechanism(cfg.SASLMechanism, cfg.SASLUser, cfg.SASLPassword)
+	if err != nil {
+		return nil, fmt.Errorf("SASL mechanism: %w", err)
+	}
+	t := &kafka.Transport{ClientID: "outbox-relay", TLS: tlsConfig}
+	if mechanism != nil {
+		t.SASL = kafkaauth.ForKafkaGo(mechanism)
+	}
+	return t, nil
+}
+
+// NewWriter returns the synchronous kafka.Writer every producer of this
+// module uses. A kafka.Writer{} literal would be wrong in several quiet ways,
+// so the settings are written once here:
+//   - RequiredAcks all: the zero value does not wait for acks;
+//   - not Async: async drops errors;
+//   - MaxAttempts 1: the caller retries, to keep order and log each retry;
+//   - BatchTimeout 1µs: kafka-go flushes a partition batch when it is full
+//     or after BatchTimeout; each call's batches are complete when queued,
+//     and the default of 1s would be a latency floor.
+//
+// balancer nil means kafka-go's round robin; zero sizes mean its defaults.
+func NewWriter(addr net.Addr, transport kafka.RoundTripper, balancer kafka.Balancer, batchSize int, batchBytes int64, timeout time.Duration) *kafka.Writer {
+	return &kafka.Writer{
+		Addr:                   addr,
+		Transport:              transport,
+		Balancer:               balancer,
+		RequiredAcks:           kafka.RequireAll,
+		Async:                  false,
+		AllowAutoTopicCreation: true,
+		MaxAttempts:            1,
+		BatchSize:              batchSize,
+		BatchBytes:             batchBytes,
+		BatchTimeout:           time.Microsecond,
+		WriteTimeout:           timeout,
+		ReadTimeout:            timeout,
+	}
 }
 
 // Topic returns the topic an event is routed to (template or override) — used for logs and dead letters.
@@ -124,7 +161,7 @@ func (p *Publisher) Publish(ctx context.Context, events []outbox.Event) ([]Failu
 		ev := &events[i]
 		topic, err := p.topics.topic(ev)
 		if err != nil {
-			failures = append(failures, Failure{Index: i, Reason: ReasonInvalidTopic, Err: err})
+			failures = append(failures, Failure{Index: i, Reason: outbox.ReasonInvalidTopic, Err: err})
 			continue
 		}
 		if f, ok := p.tooLarge(i, b.add(i, topic, ev)); ok {
@@ -148,7 +185,7 @@ func (p *Publisher) PublishRaw(ctx context.Context, msgs []kafka.Message) ([]Fai
 	b.reset(len(msgs), 0)
 	for i := range msgs {
 		if err := validTopic(msgs[i].Topic); err != nil {
-			failures = append(failures, Failure{Index: i, Reason: ReasonInvalidTopic, Err: err})
+			failures = append(failures, Failure{Index: i, Reason: outbox.ReasonInvalidTopic, Err: err})
 			continue
 		}
 		if f, ok := p.tooLarge(i, &msgs[i]); ok {
@@ -219,7 +256,7 @@ func (p *Publisher) tooLarge(index int, msg *kafka.Message) (Failure, bool) {
 	}
 	return Failure{
 		Index:  index,
-		Reason: ReasonMessageTooLarge,
+		Reason: outbox.ReasonMessageTooLarge,
 		Err:    fmt.Errorf("record of %d bytes exceeds the batch limit of %d bytes: %w", size, p.cfg.BatchBytes, kafka.MessageSizeTooLarge),
 	}, true
 }

@@ -167,7 +167,7 @@ func TestPublishRaw(t *testing.T) {
 	if err != nil {
 		t.Fatalf("PublishRaw: %v", err)
 	}
-	if len(failures) != 1 || failures[0].Index != 1 || failures[0].Reason != ReasonInvalidTopic {
+	if len(failures) != 1 || failures[0].Index != 1 || failures[0].Reason != outbox.ReasonInvalidTopic {
 		t.Fatalf("failures = %+v, want one invalid_topic at index 1", failures)
 	}
 	if msgs[1].Topic != "bad topic" || msgs[0].Partition != 0 {

@@ -5,12 +5,6 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// Header keys every record carries before the row's own headers.
-const (
-	HeaderID   = "id"
-	HeaderType = "type"
-)
-
 // recordSize is the size kafka-go accounts for msg when it fills a batch and
 // when it rejects a message larger than BatchBytes (Message.totalSize in
 // kafka-go's message.go: the v1 message size plus the v2 header sizes).
@@ -63,13 +57,7 @@ func (b *recordBuilder) reset(n, headers int) {
 // add appends the record of ev, routed to topic.
 func (b *recordBuilder) add(index int, topic string, ev *outbox.Event) *kafka.Message {
 	start := len(b.headers)
-	b.headers = append(b.headers,
-		kafka.Header{Key: HeaderID, Value: ev.ID},
-		kafka.Header{Key: HeaderType, Value: ev.Type},
-	)
-	for _, h := range ev.Headers {
-		b.headers = append(b.headers, kafka.Header{Key: h.Key, Value: h.Value})
-	}
+	b.headers = appendEventHeaders(b.headers, ev)
 	b.msgs = append(b.msgs, kafka.Message{
 		Topic:   topic,
 		Key:     ev.AggregateID,
@@ -86,6 +74,19 @@ func (b *recordBuilder) drop() {
 	b.headers = b.headers[:len(b.headers)-len(b.msgs[last].Headers)]
 	b.msgs[last] = kafka.Message{}
 	b.msgs, b.indexes = b.msgs[:last], b.indexes[:last]
+}
+
+// appendEventHeaders appends the headers of ev's record: id and type, then
+// the row's own. Every record, normal or dead letter, starts with these.
+func appendEventHeaders(headers []kafka.Header, ev *outbox.Event) []kafka.Header {
+	headers = append(headers,
+		kafka.Header{Key: outbox.HeaderID, Value: ev.ID},
+		kafka.Header{Key: outbox.HeaderType, Value: ev.Type},
+	)
+	for _, h := range ev.Headers {
+		headers = append(headers, kafka.Header{Key: h.Key, Value: h.Value})
+	}
+	return headers
 }
 
 // countHeaders is the number of headers the records of events carry.

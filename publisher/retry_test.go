@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/outbox-relay/outbox-relay/outbox"
 	"io"
 	"syscall"
 	"testing"
@@ -19,17 +20,17 @@ func TestClassify(t *testing.T) {
 		reason    string // "" means retriable
 		topicWide bool
 	}{
-		{kafka.MessageSizeTooLarge, ReasonMessageTooLarge, false},
-		{kafka.RecordListTooLarge, ReasonMessageTooLarge, false},
-		{kafka.MessageTooLargeError{}, ReasonMessageTooLarge, false},
-		{fmt.Errorf("%w: broker says so", kafka.MessageSizeTooLarge), ReasonMessageTooLarge, false},
-		{kafka.InvalidTopic, ReasonInvalidTopic, true},
-		{kafka.TopicAuthorizationFailed, ReasonTopicAuthorizationFailed, true},
-		{kafka.InvalidRecord, ReasonInvalidRecord, false},
-		{kafka.InvalidTimestamp, ReasonInvalidRecord, false},
-		{kafka.InvalidMessageSize, ReasonInvalidRecord, false},
-		{kafka.PolicyViolation, ReasonRejected, false},
-		{kafka.UnsupportedForMessageFormat, ReasonRejected, false},
+		{kafka.MessageSizeTooLarge, outbox.ReasonMessageTooLarge, false},
+		{kafka.RecordListTooLarge, outbox.ReasonMessageTooLarge, false},
+		{kafka.MessageTooLargeError{}, outbox.ReasonMessageTooLarge, false},
+		{fmt.Errorf("%w: broker says so", kafka.MessageSizeTooLarge), outbox.ReasonMessageTooLarge, false},
+		{kafka.InvalidTopic, outbox.ReasonInvalidTopic, true},
+		{kafka.TopicAuthorizationFailed, outbox.ReasonTopicAuthFailed, true},
+		{kafka.InvalidRecord, outbox.ReasonInvalidRecord, false},
+		{kafka.InvalidTimestamp, outbox.ReasonInvalidRecord, false},
+		{kafka.InvalidMessageSize, outbox.ReasonInvalidRecord, false},
+		{kafka.PolicyViolation, outbox.ReasonRejected, false},
+		{kafka.UnsupportedForMessageFormat, outbox.ReasonRejected, false},
 		// Retriable: Kafka's retriable codes, and everything that is not a
 		// verdict on the record.
 		{kafka.LeaderNotAvailable, "", false},

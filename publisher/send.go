@@ -87,7 +87,7 @@ func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []
 		}
 
 		if p.cfg.OnRetry != nil {
-			p.cfg.OnRetry(err)
+			p.cfg.OnRetry(ErrorKind(err))
 		}
 		wait := p.backoff(retry)
 		p.log.Warn().Int("retry", retry).Int("records", len(msgs)).Str("topic", msgs[0].Topic).

@@ -1,0 +1,72 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+)
+
+// maxDeadLetterValue is the largest original value a dead-letter record
+// carries; a larger one (the usual cause being message_too_large) is replaced
+// by a small JSON stub naming the row and its size.
+const maxDeadLetterValue = 512 << 10
+
+// maxDeadLetterHeaders and maxDeadLetterKey bound the row's own headers and
+// the key in a dead letter: a record too large because of them would be
+// refused by the dead-letter topic as well, and the relay would stop on it
+// for good.
+const (
+	maxDeadLetterHeaders = 256 << 10
+	maxDeadLetterKey     = 16 << 10
+)
+
+// PublishDeadLetters writes the dead-letter records of dead to topic with the
+// same retry and failure rules as Publish; the failures index dead.
+func (p *Publisher) PublishDeadLetters(ctx context.Context, topic string, dead []outbox.DeadLetter) ([]Failure, error) {
+	msgs := make([]kafka.Message, len(dead))
+	for i := range dead {
+		msgs[i] = deadLetterMessage(topic, &dead[i])
+	}
+	return p.PublishRaw(ctx, msgs)
+}
+
+// deadLetterMessage builds the dead-letter record: the original key, value
+// and headers, plus the outbox.dlq.* headers saying why.
+func deadLetterMessage(topic string, d *outbox.DeadLetter) kafka.Message {
+	ev := d.Event
+	value := ev.Payload
+	if len(value) > maxDeadLetterValue || d.Reason == outbox.ReasonMessageTooLarge {
+		value = fmt.Appendf(nil, `{"outbox_dlq_stub":true,"id":%s,"size":%d}`, strconv.Quote(string(ev.ID)), len(ev.Payload))
+	}
+	errText := d.Error
+	rowHeaders := 0
+	for _, h := range ev.Headers {
+		rowHeaders += len(h.Key) + len(h.Value)
+	}
+	headers := make([]kafka.Header, 0, len(ev.Headers)+6)
+	if rowHeaders <= maxDeadLetterHeaders {
+		headers = appendEventHeaders(headers, ev)
+	} else {
+		headers = appendEventHeaders(headers, &outbox.Event{ID: ev.ID, Type: ev.Type})
+		errText += fmt.Sprintf(" (the row's %d headers, %d bytes, were left out of this dead letter)", len(ev.Headers), rowHeaders)
+	}
+	key := ev.AggregateID
+	if len(key) > maxDeadLetterKey {
+		errText += fmt.Sprintf(" (the key, %d bytes, was cut to %d)", len(key), maxDeadLetterKey)
+		key = key[:maxDeadLetterKey]
+	}
+	lsn := ""
+	if ev.LSN != 0 {
+		lsn = ev.LSN.String()
+	}
+	headers = append(headers,
+		kafka.Header{Key: outbox.HeaderDLQReason, Value: []byte(d.Reason)},
+		kafka.Header{Key: outbox.HeaderDLQError, Value: []byte(errText)},
+		kafka.Header{Key: outbox.HeaderDLQOriginalTopic, Value: []byte(d.OriginalTopic)},
+		kafka.Header{Key: outbox.HeaderDLQLSN, Value: []byte(lsn)})
+	return kafka.Message{Topic: topic, Key: key, Value: value, Headers: headers}
+}
