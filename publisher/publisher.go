@@ -127,6 +127,11 @@ func NewWriter(addr net.Addr, transport kafka.RoundTripper, balancer kafka.Balan
 	}
 }
 
+// BatchLimits returns the most records and bytes one produce call carries.
+func (p *Publisher) BatchLimits() (records int, bytes int64) {
+	return p.cfg.BatchSize, p.cfg.BatchBytes
+}
+
 // Topic returns the topic an event is routed to (template or override) — used for logs and dead letters.
 // The error wraps ErrInvalidTopic when the name is not one Kafka accepts; the
 // name is returned all the same.

@@ -86,7 +86,6 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 	}
 	defer result.Close()
 
-	p := newPipeline(pipelineDeps{log: log, publisher: r.pub, metrics: r.metrics, health: r.health, dlqTopic: r.cfg.DLQTopic})
 	batch := make([]outbox.Event, 0, backfillBatch)
 	ids := make([]string, 0, backfillBatch)
 	total := 0
@@ -94,7 +93,7 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 		if len(batch) == 0 {
 			return nil
 		}
-		delivered, err := p.deliver(ctx, batch)
+		delivered, err := r.delivery.deliver(ctx, batch)
 		if err != nil {
 			return err
 		}

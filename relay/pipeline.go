@@ -9,20 +9,11 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/segmentio/kafka-go"
 
 	"github.com/outbox-relay/outbox-relay/checkpoint"
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/outbox"
-	"github.com/outbox-relay/outbox-relay/publisher"
 )
-
-// eventPublisher sends events to Kafka; Publish is never called concurrently.
-type eventPublisher interface {
-	Publish(ctx context.Context, events []outbox.Event) ([]publisher.Failure, error)
-	PublishRaw(ctx context.Context, msgs []kafka.Message) ([]publisher.Failure, error)
-	Topic(ev *outbox.Event) (string, error)
-}
 
 // rowAcker records in Postgres that rows were delivered (delete or mark).
 type rowAcker interface {
@@ -49,13 +40,12 @@ type batch struct {
 type pipeline struct {
 	log          zerolog.Logger
 	dec          *decoder.Decoder
-	pub          eventPublisher
+	delivery     *deliverer
 	acker        rowAcker // nil with ACK_MODE none
 	maxInflight  int64
 	batchRecords int
 	batchBytes   int64
 	metrics      *Metrics
-	dlqTopic     string
 	health       *Health
 
 	// Owned by the stream goroutine.
@@ -94,29 +84,30 @@ type commitMark struct {
 
 // pipelineDeps are what a pipeline is built from.
 type pipelineDeps struct {
-	log         zerolog.Logger
-	decoder     *decoder.Decoder
-	publisher   eventPublisher
-	acker       rowAcker // nil with ACK_MODE none
-	tracker     *checkpoint.Tracker
-	metrics     *Metrics
-	health      *Health
-	maxInflight int64
-	dlqTopic    string
+	log      zerolog.Logger
+	decoder  *decoder.Decoder
+	delivery *deliverer
+	// batchRecords and batchBytes cut batches the size the producer sends.
+	batchRecords int
+	batchBytes   int64
+	acker        rowAcker // nil with ACK_MODE none
+	tracker      *checkpoint.Tracker
+	metrics      *Metrics
+	health       *Health
+	maxInflight  int64
 }
 
 func newPipeline(d pipelineDeps) *pipeline {
 	p := &pipeline{
 		log:          d.log,
 		dec:          d.decoder,
-		pub:          d.publisher,
+		delivery:     d.delivery,
 		acker:        d.acker,
 		maxInflight:  d.maxInflight,
-		batchRecords: 1000,
-		batchBytes:   1 << 20,
+		batchRecords: d.batchRecords,
+		batchBytes:   d.batchBytes,
 		metrics:      d.metrics,
 		health:       d.health,
-		dlqTopic:     d.dlqTopic,
 		tracker:      d.tracker,
 		publishWake:  make(chan struct{}, 1),
 		ackWake:      make(chan struct{}, 1),
@@ -271,15 +262,6 @@ func (p *pipeline) SettledCommitTime() time.Time {
 	return time.Unix(0, n)
 }
 
-// DeadLetter implements reconciler.DeadLetterer.
-func (p *pipeline) DeadLetter(ctx context.Context, events []outbox.Event, reason, errText string) error {
-	dead := make([]deadLetter, len(events))
-	for i := range events {
-		dead[i] = deadLetter{ev: &events[i], reason: reason, errText: errText}
-	}
-	return p.deadLetter(ctx, dead)
-}
-
 // Throttle implements replication.Consumer.
 func (p *pipeline) Throttle() <-chan struct{} {
 	p.mu.Lock()
@@ -319,7 +301,7 @@ func (p *pipeline) publishLoop(ctx context.Context) error {
 			}
 			events = scratch
 		}
-		delivered, err := p.deliver(ctx, events)
+		delivered, err := p.delivery.deliver(ctx, events)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -340,83 +322,6 @@ func (p *pipeline) publishLoop(ctx context.Context) error {
 		p.mu.Unlock()
 		wake(p.ackWake)
 	}
-}
-
-// deliver publishes events to their topics and the ones that cannot go
-// there (decode problems, permanent broker rejections) to the dead-letter
-// topic. It returns how many reached their own topic. Every event is settled
-// when it returns nil: either acked in its topic or acked as a dead letter.
-func (p *pipeline) deliver(ctx context.Context, events []outbox.Event) (int, error) {
-	var dead []deadLetter
-	toPublish := events
-	var index []int // toPublish position → events position, when filtered
-	for i := range events {
-		if events[i].Problem != "" {
-			if index == nil {
-				toPublish, index = make([]outbox.Event, 0, len(events)), make([]int, 0, len(events))
-				for j := range i {
-					toPublish, index = append(toPublish, events[j]), append(index, j)
-				}
-			}
-			dead = append(dead, deadLetter{ev: &events[i], reason: outbox.ReasonDecodeError, errText: events[i].Problem})
-			continue
-		}
-		if index != nil {
-			toPublish, index = append(toPublish, events[i]), append(index, i)
-		}
-	}
-	failures, err := p.pub.Publish(ctx, toPublish)
-	if err != nil {
-		return 0, fmt.Errorf("publish %d records: %w", len(toPublish), err)
-	}
-	for _, f := range failures {
-		i := f.Index
-		if index != nil {
-			i = index[i]
-		}
-		p.metrics.brokerErrors.WithLabelValues(f.Reason).Inc()
-		dead = append(dead, deadLetter{ev: &events[i], reason: f.Reason, errText: f.Err.Error()})
-	}
-	if len(dead) == 0 {
-		return len(events), nil
-	}
-	if err := p.deadLetter(ctx, dead); err != nil {
-		return 0, err
-	}
-	return len(events) - len(dead), nil
-}
-
-// deadLetter publishes records to the dead-letter topic. If that topic
-// rejects one too, the relay stops: it never skips a row.
-func (p *pipeline) deadLetter(ctx context.Context, dead []deadLetter) error {
-	msgs := make([]kafka.Message, len(dead))
-	for i := range dead {
-		d := &dead[i]
-		// An invalid name is kept too: it says what the row asked for.
-		d.originalTopic, _ = p.pub.Topic(d.ev)
-		msgs[i] = deadLetterMessage(p.dlqTopic, *d)
-	}
-	failures, err := p.pub.PublishRaw(ctx, msgs)
-	if err != nil {
-		return fmt.Errorf("publish %d dead letters to %q: %w", len(msgs), p.dlqTopic, err)
-	}
-	if len(failures) > 0 {
-		f := failures[0]
-		d := dead[f.Index]
-		return fatalf("dead-letter topic %q rejected the record of row id=%s (lsn %s, dead-lettered for %s) permanently (%s): %w",
-			p.dlqTopic, d.ev.ID, d.ev.LSN, d.reason, f.Reason, f.Err)
-	}
-	for _, d := range dead {
-		p.metrics.deadLettered.WithLabelValues(d.reason).Inc()
-		e := p.log.Warn()
-		if d.ev.LSN != 0 {
-			e = e.Str("lsn", d.ev.LSN.String())
-		}
-		e.Str("id", string(d.ev.ID)).Str("reason", d.reason).
-			Str("original_topic", d.originalTopic).Str("dlq_topic", p.dlqTopic).Str("error", d.errText).
-			Msg("row sent to the dead-letter topic")
-	}
-	return nil
 }
 
 // ackLoop deletes or marks delivered rows, then settles them.

@@ -21,9 +21,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/checkpoint"
 	"github.com/outbox-relay/outbox-relay/decoder"
-	"github.com/outbox-relay/outbox-relay/internal/kafkaauth"
 	"github.com/outbox-relay/outbox-relay/outbox"
-	"github.com/outbox-relay/outbox-relay/publisher"
 	"github.com/outbox-relay/outbox-relay/reconciler"
 	"github.com/outbox-relay/outbox-relay/replication"
 )
@@ -46,49 +44,29 @@ func IsFatal(err error) bool {
 
 // Relay streams the outbox to Kafka.
 type Relay struct {
-	cfg     Config
-	log     zerolog.Logger
-	metrics *Metrics
-	health  *Health
-	pub     *publisher.Publisher
+	cfg      Config
+	log      zerolog.Logger
+	metrics  *Metrics
+	health   *Health
+	pub      Producer
+	delivery *deliverer
 
 	reconcilerOffLogged bool
 }
 
-// New creates a relay. reg receives its metrics (nil for a private registry).
-func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) (*Relay, error) {
+// New creates a relay that sends through the producer newProducer builds.
+// reg receives its metrics (nil for a private registry).
+func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer, newProducer NewProducer) (*Relay, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	tlsConfig, err := kafkaauth.TLSConfig(cfg.KafkaTLS, cfg.KafkaTLSCAFile, cfg.KafkaTLSSkipVerify)
-	if err != nil {
-		return nil, fmt.Errorf("%sKAFKA_TLS_CA_FILE: %w", EnvPrefix, err)
-	}
-	mechanism, err := kafkaauth.Mechanism(cfg.KafkaSASLMechanism, cfg.KafkaSASLUser, cfg.KafkaSASLPassword)
-	if err != nil {
-		return nil, fmt.Errorf("%sKAFKA_SASL_MECHANISM: %w", EnvPrefix, err)
-	}
 	metrics := NewMetrics(reg)
-	pubCfg := publisher.Config{Brokers: trimmed(cfg.KafkaBrokers), TopicTemplate: cfg.Topic, TLS: tlsConfig,
-		OnRetry: func(err error) { metrics.brokerErrors.WithLabelValues(publisher.ErrorKind(err)).Inc() }}
-	if mechanism != nil {
-		pubCfg.SASL = kafkaauth.ForKafkaGo(mechanism)
-	}
-	pub, err := publisher.New(pubCfg, log.With().Str("component", "publisher").Logger())
+	pub, err := newProducer(func(kind string) { metrics.brokerErrors.WithLabelValues(kind).Inc() })
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
-	return &Relay{cfg: cfg, log: log, metrics: metrics, health: NewHealth(cfg.HeartbeatInterval), pub: pub}, nil
-}
-
-func trimmed(ss []string) []string {
-	out := make([]string, 0, len(ss))
-	for _, s := range ss {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
+	return &Relay{cfg: cfg, log: log, metrics: metrics, health: NewHealth(cfg.HeartbeatInterval), pub: pub,
+		delivery: &deliverer{log: log.With().Str("component", "delivery").Logger(), pub: pub, metrics: metrics, dlqTopic: cfg.DLQTopic}}, nil
 }
 
 // Close releases the Kafka producer.
@@ -277,16 +255,18 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	r.metrics.inflightRecs.Set(0)
 	r.metrics.inflightBytes.Set(0)
 	tracker := checkpoint.New(slot.ConfirmedFlushLSN)
+	batchRecords, batchBytes := r.pub.BatchLimits()
 	p := newPipeline(pipelineDeps{
-		log:         log,
-		decoder:     decoder.New(table, mapping),
-		publisher:   r.pub,
-		acker:       acker,
-		tracker:     tracker,
-		metrics:     r.metrics,
-		health:      r.health,
-		maxInflight: cfg.MaxInflightBytes,
-		dlqTopic:    cfg.DLQTopic,
+		log:          log,
+		decoder:      decoder.New(table, mapping),
+		delivery:     r.delivery,
+		acker:        acker,
+		tracker:      tracker,
+		metrics:      r.metrics,
+		health:       r.health,
+		maxInflight:  cfg.MaxInflightBytes,
+		batchRecords: batchRecords,
+		batchBytes:   batchBytes,
 	})
 	r.metrics.confirmedLSN.Set(float64(slot.ConfirmedFlushLSN))
 
@@ -321,7 +301,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 			Interval: cfg.ReconcileInterval,
 			Batch:    cfg.ReconcileBatch,
 		}, func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, cfg.PGURL) },
-			p, p.SettledCommitTime, r.log)
+			r.delivery, p.SettledCommitTime, r.log)
 		if err != nil {
 			return fatalf("reconciler: %w", err)
 		}

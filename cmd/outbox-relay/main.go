@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
+	"github.com/outbox-relay/outbox-relay/publisher"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
@@ -105,6 +106,27 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	}
 }
 
+// newProducer builds the relay's Kafka producer from the relay's settings.
+func newProducer(cfg relay.Config, log zerolog.Logger) relay.NewProducer {
+	return func(onRetry func(kind string)) (relay.Producer, error) {
+		pub, err := publisher.New(publisher.Config{
+			Brokers:       trimAll(cfg.KafkaBrokers),
+			TopicTemplate: cfg.Topic,
+			OnRetry:       onRetry,
+			TLS:           cfg.KafkaTLS,
+			TLSCAFile:     cfg.KafkaTLSCAFile,
+			TLSSkipVerify: cfg.KafkaTLSSkipVerify,
+			SASLMechanism: cfg.KafkaSASLMechanism,
+			SASLUser:      cfg.KafkaSASLUser,
+			SASLPassword:  cfg.KafkaSASLPassword,
+		}, log)
+		if err != nil {
+			return nil, err
+		}
+		return pub, nil
+	}
+}
+
 // runDaemon runs the relay until a signal: the first SIGTERM/SIGINT starts a
 // graceful stop (bounded by the shutdown timeout); a second one, or the
 // timeout passing by a margin, stops at once.
@@ -119,7 +141,7 @@ func runDaemon(cfg relay.Config, log zerolog.Logger) int {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	r, err := relay.New(cfg, log, reg)
+	r, err := relay.New(cfg, log, reg, newProducer(cfg, log.With().Str("component", "publisher").Logger()))
 	if err != nil {
 		mainLog.Error().Err(err).Msg("cannot start")
 		return exitFailed
