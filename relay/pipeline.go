@@ -218,15 +218,22 @@ func (p *pipeline) handOver() error {
 	return nil
 }
 
-// Position implements replication.Consumer.
-func (p *pipeline) Position(walEnd outbox.LSN) outbox.LSN {
-	if walEnd != 0 {
-		p.health.received()
+// Keepalive implements replication.Consumer.
+func (p *pipeline) Keepalive(walEnd outbox.LSN) {
+	if walEnd == 0 {
+		return
 	}
+	p.health.received()
 	p.mu.Lock()
-	if walEnd != 0 && !p.inTxn && p.inflight == 0 {
+	if !p.inTxn && p.inflight == 0 {
 		p.tracker.AdvanceIdle(walEnd)
 	}
+	p.mu.Unlock()
+}
+
+// Position implements replication.Consumer.
+func (p *pipeline) Position() outbox.LSN {
+	p.mu.Lock()
 	w := p.tracker.Watermark()
 	inflight := p.inflight > 0
 	p.mu.Unlock()

@@ -29,11 +29,12 @@ import (
 type Consumer interface {
 	// Message handles one pgoutput message; data is valid only during the call.
 	Message(ctx context.Context, walStart outbox.LSN, data []byte) error
-	// Position returns the flush position to confirm. walEnd is the server's
-	// WAL end from a keepalive (0 when there is none): every message before it
-	// has been handed to Message, so the consumer may confirm it when nothing
-	// is in flight.
-	Position(walEnd outbox.LSN) outbox.LSN
+	// Keepalive passes the server's WAL end from a keepalive: every message
+	// before it has been handed to Message, so the consumer may move its
+	// position there when nothing is in flight.
+	Keepalive(walEnd outbox.LSN)
+	// Position returns the flush position to confirm.
+	Position() outbox.LSN
 	// Throttle returns nil when the consumer takes more messages, or a
 	// channel that receives when it may have room again.
 	Throttle() <-chan struct{}
@@ -208,7 +209,7 @@ func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
 			return err
 		}
 		if time.Now().After(s.nextStatus) {
-			if err := s.sendStatus(0, false); err != nil {
+			if err := s.sendStatus(false); err != nil {
 				return err
 			}
 		}
@@ -282,10 +283,10 @@ func (s *streamState) handle(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("slot %q: %w", s.opts.Slot, err)
 		}
+		s.consumer.Keepalive(outbox.LSN(k.ServerWALEnd))
 		if k.ReplyRequested {
-			return s.sendStatus(outbox.LSN(k.ServerWALEnd), true)
+			return s.sendStatus(true)
 		}
-		s.consumer.Position(outbox.LSN(k.ServerWALEnd))
 	}
 	return nil
 }
@@ -299,7 +300,7 @@ func (s *streamState) wait(ctx context.Context, throttle <-chan struct{}) error 
 	case <-throttle:
 		return nil
 	case <-timer.C:
-		return s.sendStatus(0, false)
+		return s.sendStatus(false)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -316,13 +317,13 @@ func (s *streamState) drain(ctx context.Context) error {
 	for {
 		select {
 		case <-drained:
-			return s.sendStatus(0, false)
+			return s.sendStatus(false)
 		case <-tick.C:
-			if err := s.sendStatus(0, false); err != nil {
+			if err := s.sendStatus(false); err != nil {
 				return err
 			}
 		case <-deadline.C:
-			if err := s.sendStatus(0, false); err != nil {
+			if err := s.sendStatus(false); err != nil {
 				return err
 			}
 			return fmt.Errorf("slot %q: confirmed %s: %w", s.opts.Slot, s.confirmed, ErrDrainTimeout)
@@ -332,8 +333,8 @@ func (s *streamState) drain(ctx context.Context) error {
 	}
 }
 
-func (s *streamState) sendStatus(walEnd outbox.LSN, replyRequested bool) error {
-	pos := s.consumer.Position(walEnd)
+func (s *streamState) sendStatus(replyRequested bool) error {
+	pos := s.consumer.Position()
 	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn.conn,
 		pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(pos)})
 	if err != nil {
