@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -150,20 +152,32 @@ func runDaemon(cfg relay.Config, log zerolog.Logger) int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	stop := make(chan struct{})
+	var stopOnce sync.Once
+	stopRelay := func() { stopOnce.Do(func() { close(stop) }) }
+	// A relay whose /metrics and /readyz went away runs unobserved: when the
+	// HTTP server fails, the relay stops gracefully and exits non-zero.
+	var httpFailed atomic.Bool
 	if cfg.HTTPAddr != "" {
-		_, _, err := relay.ServeHTTP(ctx, cfg.HTTPAddr, reg, r.Health(), cfg.PProf, log.With().Str("component", "http").Logger())
+		_, served, err := relay.ServeHTTP(ctx, cfg.HTTPAddr, reg, r.Health(), cfg.PProf, log.With().Str("component", "http").Logger())
 		if err != nil {
 			mainLog.Error().Err(err).Msg("cannot serve metrics and health")
 			return exitFailed
 		}
+		go func() {
+			if err := <-served; err != nil {
+				httpFailed.Store(true)
+				mainLog.Error().Err(err).Msg("metrics and health server failed: stopping")
+				stopRelay()
+			}
+		}()
 	}
-	stop := make(chan struct{})
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		sig := <-signals
 		mainLog.Info().Str("signal", sig.String()).Dur("timeout", cfg.ShutdownTimeout).Msg("stopping: draining in-flight records")
-		close(stop)
+		stopRelay()
 		select {
 		case sig = <-signals:
 			mainLog.Warn().Str("signal", sig.String()).Msg("second signal: stopping now")
@@ -180,6 +194,9 @@ func runDaemon(cfg relay.Config, log zerolog.Logger) int {
 		} else {
 			mainLog.Error().Err(err).Msg("stopped on a fatal error")
 		}
+		return exitFailed
+	}
+	if httpFailed.Load() {
 		return exitFailed
 	}
 	return exitOK
