@@ -32,7 +32,7 @@ lint:
 	$(GO) vet ./...
 	@command -v staticcheck >/dev/null && staticcheck ./... || echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"
 
-# Benchmarks (issue 6): a throw-away Postgres, in-process kfake brokers and
+# Benchmarks: a throw-away Postgres, in-process kfake brokers and
 # the relay binary; prints BENCHMARKS.md-ready tables (JSON=1: JSON) and
 # keeps logs, profiles and results in bench-out/. PROFILE=1 also takes CPU
 # and allocation profiles of the relay during the backlog drain.

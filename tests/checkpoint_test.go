@@ -145,7 +145,7 @@ func TestSlotAdvancesOnlyAfterAck(t *testing.T) {
 func TestIdleSlotAdvances(t *testing.T) {
 	e := newEnv(t)
 	e.createTable()
-	// The relay's own heartbeat (not part of issue 3) would move the slot
+	// The relay's own heartbeat (not part of the documented contract) would move the slot
 	// too; pushed out of the test's time, only keepalives can.
 	e.startRelay("OUTBOX_RELAY_ACK_MODE=none", "OUTBOX_RELAY_HEARTBEAT_INTERVAL=1h")
 

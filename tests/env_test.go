@@ -127,7 +127,7 @@ func (e *testEnv) relayEnv(extra ...string) []string {
 		"OUTBOX_RELAY_PUBLICATION=" + e.name,
 		"OUTBOX_RELAY_STATUS_INTERVAL=100ms",
 		"OUTBOX_RELAY_LOG_LEVEL=info",
-		// Not part of the issue 3 contract, but a relay that serves
+		// Not part of the README contract, but a relay that serves
 		// metrics must not fight over a fixed port with the other
 		// relays a test runs.
 		"OUTBOX_RELAY_HTTP_ADDR=127.0.0.1:0",
@@ -165,7 +165,7 @@ func (e *testEnv) setup(extra ...string) (output string) {
 	return stdout + stderr
 }
 
-// createTable creates public.outbox exactly as issue 3 specifies it, the
+// createTable creates public.outbox exactly as the README specifies it, the
 // way an application that did not run `setup` would.
 func (e *testEnv) createTable() {
 	e.t.Helper()

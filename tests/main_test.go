@@ -1,7 +1,7 @@
 // Package tests is the integration suite: the relay binary runs as a
 // subprocess against a real Postgres cluster and a real Kafka-protocol
 // broker (kfake), and what it produced is read back with an independent
-// consumer. The tests check the contract of issue 3 (environment, table,
+// consumer. The tests check the README contract (environment, table,
 // record format, CLI) and the invariants of DESIGN.md, not the relay's
 // internals.
 package tests

@@ -1,5 +1,5 @@
 // Command outbox-bench measures the relay against the physical limit and the
-// alternatives on one machine in one run (issue 6): backlog drain against
+// alternatives on one machine in one run: backlog drain against
 // pg_recvlogical, commit-to-consumer latency under live load, a polling relay
 // under the same load, and the memory of a million-row transaction.
 //

@@ -15,7 +15,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
-// The dead-letter contract (issue 4, README "Dead letters, the reconciler
+// The dead-letter contract (README "Dead letters, the reconciler
 // and backfill"): the headers the relay adds and the default topic.
 const (
 	defaultDLQTopic       = "outbox.dlq"

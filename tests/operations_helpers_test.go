@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-// Helpers for the operations tests (issue 5): the relay's HTTP endpoints,
+// Helpers for the operations tests: the relay's HTTP endpoints,
 // its Prometheus exposition, its JSON log lines and `status --json`.
 
 // logEntry is one zerolog line of a relay's stderr, with the fields the
