@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/outbox-relay/outbox-relay/outbox"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
 // failedSet lists the indexes of failures, checking each has reason.
@@ -278,31 +279,6 @@ func TestCulpritSearchKeepsOrder(t *testing.T) {
 	}
 	if refused.Load() < 3 {
 		t.Fatalf("refused %d batches, want 3 (the fault did not happen)", refused.Load())
-	}
-	checkDelivery(t, readTopic(t, c, "outbox.event.order"), events, nil)
-}
-
-// TestRetriableCodesAreRetried answers with each retriable code once and
-// checks that nothing fails.
-func TestRetriableCodesAreRetried(t *testing.T) {
-	c := newCluster(t)
-	createTopic(t, c, "outbox.event.order", 1, nil)
-	codes := []int16{codeLeaderNotAvailable, codeNotLeaderForPartition, codeNotEnoughReplicas, 7 /* REQUEST_TIMED_OUT */, 2 /* CORRUPT_MESSAGE */, -1 /* UNKNOWN_SERVER_ERROR */, 3 /* UNKNOWN_TOPIC_OR_PARTITION */}
-	var n atomic.Int64
-	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if i := n.Add(1) - 1; int(i) < len(codes) {
-			return produceError(req, codes[i]), nil, true
-		}
-		return nil, nil, false
-	})
-	p := newPublisher(t, testConfig(c), zerolog.Nop())
-	events := makeEvents(10, 2, 50, "order")
-	if failures, err := p.Publish(context.Background(), events); err != nil || len(failures) != 0 {
-		t.Fatalf("Publish: failures at %v, err %v; want none, nil", failureIndexes(failures), err)
-	}
-	if int(n.Load()) <= len(codes) {
-		t.Fatalf("%d produce requests, want more than %d", n.Load(), len(codes))
 	}
 	checkDelivery(t, readTopic(t, c, "outbox.event.order"), events, nil)
 }
