@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
@@ -32,9 +31,6 @@ const (
 	// accepts; publishing would fail the replay at this record every time.
 	NotReplayableBadTopic = "invalid_topic_name"
 )
-
-// legalTopic is what Kafka accepts as a topic name (besides "." and "..").
-var legalTopic = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 
 // Entry is what may be shown of a dead-letter record: where it is, when it
 // was dead-lettered, the row's id and the outbox.dlq.* headers except the
@@ -82,7 +78,7 @@ func replayable(r *kgo.Record) string {
 	switch {
 	case topic == "":
 		return NotReplayableNoTopic
-	case !legalTopic.MatchString(topic) || topic == "." || topic == "..":
+	case !outbox.ValidTopic(topic):
 		return NotReplayableBadTopic
 	case isStub(r.Value):
 		return NotReplayableStub

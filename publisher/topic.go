@@ -12,24 +12,15 @@ import (
 // not accept as a name.
 var ErrInvalidTopic = errors.New("invalid topic name")
 
-// maxTopicLen is Kafka's limit on a topic name.
-const maxTopicLen = 249
-
 // topicCacheLimit bounds each topic cache: aggregate types are few, but
 // per-row topics come from the rows and could be anything.
 const topicCacheLimit = 4096
 
-// validTopic reports whether Kafka accepts name as a topic name: 1 to 249
-// characters of [a-zA-Z0-9._-], and neither "." nor "..".
+// validTopic wraps ErrInvalidTopic when Kafka would refuse name as a topic
+// name (outbox.ValidTopic).
 func validTopic(name string) error {
-	if name == "" || len(name) > maxTopicLen || name == "." || name == ".." {
+	if !outbox.ValidTopic(name) {
 		return fmt.Errorf("%w: %q", ErrInvalidTopic, name)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%w: %q", ErrInvalidTopic, name)
-		}
 	}
 	return nil
 }
