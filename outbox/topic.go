@@ -1,12 +1,12 @@
 package outbox
 
-// MaxTopicLen is Kafka's limit on a topic name.
-const MaxTopicLen = 249
+// maxTopicLen is Kafka's limit on a topic name.
+const maxTopicLen = 249
 
 // ValidTopic reports whether Kafka accepts name as a topic name: 1 to 249
 // characters of [a-zA-Z0-9._-], and neither "." nor "..".
 func ValidTopic(name string) bool {
-	if name == "" || len(name) > MaxTopicLen || name == "." || name == ".." {
+	if name == "" || len(name) > maxTopicLen || name == "." || name == ".." {
 		return false
 	}
 	for i := 0; i < len(name); i++ {

@@ -14,10 +14,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
-// Failure is an event the broker or the publisher rejected permanently; its
-// Reason is one of outbox's Reason* words.
-type Failure = outbox.Failure
-
 // classification says what to do with a failed write.
 type classification struct {
 	reason string // "" when the error is retriable
@@ -53,10 +49,10 @@ func classify(err error) classification {
 	return classification{}
 }
 
-// ErrorKind names an error for a metric label: the Kafka error code's name
+// errorKind names an error for a metric label: the Kafka error code's name
 // in snake case (not_enough_replicas, leader_not_available, ...), "timeout",
 // "network" or "other". The set is bounded by Kafka's error codes.
-func ErrorKind(err error) string {
+func errorKind(err error) string {
 	var code kafka.Error
 	if errors.As(err, &code) {
 		return strings.ReplaceAll(strings.ToLower(code.Title()), " ", "_")

@@ -18,9 +18,9 @@ const (
 	DefaultBackoffMax    = 5 * time.Second
 )
 
-// AggregateTypePlaceholder is replaced in the topic template by the event's
+// aggregateTypePlaceholder is replaced in the topic template by the event's
 // aggregate type.
-const AggregateTypePlaceholder = "${aggregatetype}"
+const aggregateTypePlaceholder = "${aggregatetype}"
 
 // Config configures the Kafka producer. Zero values mean the documented defaults.
 type Config struct {
@@ -44,7 +44,7 @@ type Config struct {
 	// further failed attempt up to BackoffMax. Defaults 100ms and 5s.
 	BackoffMin time.Duration
 	BackoffMax time.Duration
-	// OnRetry, when set, is called with the kind (ErrorKind) of the error of
+	// OnRetry, when set, is called with the kind (errorKind) of the error of
 	// every write that is retried (for metrics); it must not block.
 	OnRetry func(kind string)
 	// TLS turns on TLS to the brokers, verified against TLSCAFile (PEM; the

@@ -26,7 +26,7 @@ const (
 
 // PublishDeadLetters writes the dead-letter records of dead to topic with the
 // same retry and failure rules as Publish; the failures index dead.
-func (p *Publisher) PublishDeadLetters(ctx context.Context, topic string, dead []outbox.DeadLetter) ([]Failure, error) {
+func (p *Publisher) PublishDeadLetters(ctx context.Context, topic string, dead []outbox.DeadLetter) ([]outbox.Failure, error) {
 	msgs := make([]kafka.Message, len(dead))
 	for i := range dead {
 		msgs[i] = deadLetterMessage(topic, &dead[i])

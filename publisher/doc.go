@@ -49,8 +49,8 @@
 //     overtake it, and the events' bytes and the header slices the publisher
 //     reuses are not read after Publish returns.
 //
-// A record rejected permanently leaves the ordered path: it is reported as a
-// Failure (for the relay to dead-letter) and never re-sent behind newer
+// A record rejected permanently leaves the ordered path: it is reported as
+// an outbox.Failure (for the relay to dead-letter) and never re-sent behind newer
 // records. When a batch of several records is rejected for a reason that
 // belongs to one record (too large for the broker, invalid record), its
 // records are re-sent one at a time, in order, so the good ones are delivered

@@ -336,7 +336,7 @@ func eventually(t testing.TB, what string, timeout time.Duration, cond func() bo
 
 // publishAsync runs Publish in a goroutine; the result arrives on the channel.
 type publishResult struct {
-	failures []Failure
+	failures []outbox.Failure
 	err      error
 }
 

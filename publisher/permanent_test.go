@@ -18,7 +18,7 @@ import (
 )
 
 // failedSet lists the indexes of failures, checking each has reason.
-func failedSet(t *testing.T, failures []Failure, reason string) map[int]bool {
+func failedSet(t *testing.T, failures []outbox.Failure, reason string) map[int]bool {
 	t.Helper()
 	set := map[int]bool{}
 	for _, f := range failures {
@@ -33,7 +33,7 @@ func failedSet(t *testing.T, failures []Failure, reason string) map[int]bool {
 	return set
 }
 
-func failureIndexes(failures []Failure) []int {
+func failureIndexes(failures []outbox.Failure) []int {
 	var idx []int
 	for _, f := range failures {
 		idx = append(idx, f.Index)

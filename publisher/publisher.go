@@ -153,20 +153,20 @@ func (p *Publisher) Topic(ev *outbox.Event) (string, error) {
 // The failures are sorted by Index. The records of events that do not fail
 // are written in order: the records of one key reach their partition in the
 // order of events.
-func (p *Publisher) Publish(ctx context.Context, events []outbox.Event) ([]Failure, error) {
+func (p *Publisher) Publish(ctx context.Context, events []outbox.Event) ([]outbox.Failure, error) {
 	if err := p.takeTurn(ctx); err != nil {
 		return nil, err
 	}
 	defer p.release()
 
-	var failures []Failure
+	var failures []outbox.Failure
 	b := &p.records
 	b.reset(len(events), countHeaders(events))
 	for i := range events {
 		ev := &events[i]
 		topic, err := p.topics.topic(ev)
 		if err != nil {
-			failures = append(failures, Failure{Index: i, Reason: outbox.ReasonInvalidTopic, Err: err})
+			failures = append(failures, outbox.Failure{Index: i, Reason: outbox.ReasonInvalidTopic, Err: err})
 			continue
 		}
 		if f, ok := p.tooLarge(i, b.add(i, topic, ev)); ok {
@@ -179,18 +179,18 @@ func (p *Publisher) Publish(ctx context.Context, events []outbox.Event) ([]Failu
 
 // PublishRaw writes already-built kafka.Messages (used later for dead-letter records) with the same retry and failure rules.
 // Each message must name its topic; msgs itself is not modified.
-func (p *Publisher) PublishRaw(ctx context.Context, msgs []kafka.Message) ([]Failure, error) {
+func (p *Publisher) PublishRaw(ctx context.Context, msgs []kafka.Message) ([]outbox.Failure, error) {
 	if err := p.takeTurn(ctx); err != nil {
 		return nil, err
 	}
 	defer p.release()
 
-	var failures []Failure
+	var failures []outbox.Failure
 	b := &p.records
 	b.reset(len(msgs), 0)
 	for i := range msgs {
 		if err := validTopic(msgs[i].Topic); err != nil {
-			failures = append(failures, Failure{Index: i, Reason: outbox.ReasonInvalidTopic, Err: err})
+			failures = append(failures, outbox.Failure{Index: i, Reason: outbox.ReasonInvalidTopic, Err: err})
 			continue
 		}
 		if f, ok := p.tooLarge(i, &msgs[i]); ok {
@@ -254,12 +254,12 @@ func (p *Publisher) takeTurn(ctx context.Context) error {
 
 // tooLarge fails a record kafka-go would refuse to send: it rejects a whole
 // WriteMessages call when one message exceeds BatchBytes.
-func (p *Publisher) tooLarge(index int, msg *kafka.Message) (Failure, bool) {
+func (p *Publisher) tooLarge(index int, msg *kafka.Message) (outbox.Failure, bool) {
 	size := recordSize(msg)
 	if size <= p.cfg.BatchBytes {
-		return Failure{}, false
+		return outbox.Failure{}, false
 	}
-	return Failure{
+	return outbox.Failure{
 		Index:  index,
 		Reason: outbox.ReasonMessageTooLarge,
 		Err:    fmt.Errorf("record of %d bytes exceeds the batch limit of %d bytes: %w", size, p.cfg.BatchBytes, kafka.MessageSizeTooLarge),

@@ -9,13 +9,15 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
 // send writes msgs in chunks that each make at most one batch per partition,
 // settling every chunk, retries included, before the next one starts. So no
 // record is ever queued behind a newer record of its partition. indexes[i]
 // is the caller's index of msgs[i]; both slices are reordered in place.
-func (p *Publisher) send(ctx context.Context, msgs []kafka.Message, indexes []int, failures []Failure) ([]Failure, error) {
+func (p *Publisher) send(ctx context.Context, msgs []kafka.Message, indexes []int, failures []outbox.Failure) ([]outbox.Failure, error) {
 	for len(msgs) > 0 {
 		n := p.chunkLen(msgs)
 		var err error
@@ -26,7 +28,7 @@ func (p *Publisher) send(ctx context.Context, msgs []kafka.Message, indexes []in
 		msgs, indexes = msgs[n:], indexes[n:]
 	}
 	if len(failures) > 1 {
-		slices.SortFunc(failures, func(a, b Failure) int { return cmp.Compare(a.Index, b.Index) })
+		slices.SortFunc(failures, func(a, b outbox.Failure) int { return cmp.Compare(a.Index, b.Index) })
 	}
 	return failures, nil
 }
@@ -51,7 +53,7 @@ func (p *Publisher) chunkLen(msgs []kafka.Message) int {
 // settle writes one chunk until each of its records is acked or has failed
 // permanently, retrying the rest with backoff. It returns an error only when
 // ctx ends first.
-func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []int, failures []Failure) ([]Failure, error) {
+func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []int, failures []outbox.Failure) ([]outbox.Failure, error) {
 	for retry := 1; ; retry++ {
 		err := p.write(ctx, msgs)
 		if err == nil {
@@ -81,13 +83,13 @@ func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []
 			// The call was refused before anything was queued (the
 			// metadata of a topic, say), with no word on which record.
 			if len(msgs) == 1 {
-				return append(failures, Failure{Index: indexes[0], Reason: c.reason, Err: err}), nil
+				return append(failures, outbox.Failure{Index: indexes[0], Reason: c.reason, Err: err}), nil
 			}
 			return p.oneByOne(ctx, msgs, indexes, failures)
 		}
 
 		if p.cfg.OnRetry != nil {
-			p.cfg.OnRetry(ErrorKind(err))
+			p.cfg.OnRetry(errorKind(err))
 		}
 		wait := p.backoff(retry)
 		p.log.Warn().Int("retry", retry).Int("records", len(msgs)).Str("topic", msgs[0].Topic).
@@ -108,7 +110,7 @@ func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []
 // All records of one partition share one batch and so one error: the records
 // to retry and those searched one by one are never of the same partition, so
 // their relative order does not matter.
-func (p *Publisher) sortOut(ctx context.Context, msgs []kafka.Message, indexes []int, writeErrs kafka.WriteErrors, failures []Failure) (_ []Failure, n int, retryErr, ctxErr error) {
+func (p *Publisher) sortOut(ctx context.Context, msgs []kafka.Message, indexes []int, writeErrs kafka.WriteErrors, failures []outbox.Failure) (_ []outbox.Failure, n int, retryErr, ctxErr error) {
 	permanent := 0
 	for _, err := range writeErrs {
 		if err != nil && classify(err).permanent() {
@@ -129,7 +131,7 @@ func (p *Publisher) sortOut(ctx context.Context, msgs []kafka.Message, indexes [
 			}
 		case permanent == 1 || c.topicWide:
 			// Alone in its batch, or a verdict on the whole topic.
-			failures = append(failures, Failure{Index: indexes[i], Reason: c.reason, Err: err})
+			failures = append(failures, outbox.Failure{Index: indexes[i], Reason: c.reason, Err: err})
 		default:
 			failures, ctxErr = p.settle(ctx, msgs[i:i+1], indexes[i:i+1], failures)
 			if ctxErr != nil {
@@ -141,7 +143,7 @@ func (p *Publisher) sortOut(ctx context.Context, msgs []kafka.Message, indexes [
 }
 
 // oneByOne settles each record on its own, in order.
-func (p *Publisher) oneByOne(ctx context.Context, msgs []kafka.Message, indexes []int, failures []Failure) ([]Failure, error) {
+func (p *Publisher) oneByOne(ctx context.Context, msgs []kafka.Message, indexes []int, failures []outbox.Failure) ([]outbox.Failure, error) {
 	for i := range msgs {
 		var err error
 		failures, err = p.settle(ctx, msgs[i:i+1], indexes[i:i+1], failures)

@@ -26,7 +26,7 @@ func validTopic(name string) error {
 }
 
 func expandTemplate(template string, aggregateType []byte) string {
-	return strings.ReplaceAll(template, AggregateTypePlaceholder, string(aggregateType))
+	return strings.ReplaceAll(template, aggregateTypePlaceholder, string(aggregateType))
 }
 
 // routeTopic returns the topic ev goes to, without caching. With an error

@@ -26,19 +26,19 @@ import (
 	"github.com/outbox-relay/outbox-relay/replication"
 )
 
-// FatalError is an error that retrying cannot fix: the relay stops.
-type FatalError struct{ Err error }
+// fatalError is an error that retrying cannot fix: the relay stops.
+type fatalError struct{ Err error }
 
-func (e *FatalError) Error() string { return e.Err.Error() }
-func (e *FatalError) Unwrap() error { return e.Err }
+func (e *fatalError) Error() string { return e.Err.Error() }
+func (e *fatalError) Unwrap() error { return e.Err }
 
 func fatalf(format string, args ...any) error {
-	return &FatalError{Err: fmt.Errorf(format, args...)}
+	return &fatalError{Err: fmt.Errorf(format, args...)}
 }
 
-// IsFatal reports whether err should stop the relay rather than be retried.
-func IsFatal(err error) bool {
-	var f *FatalError
+// isFatal reports whether err should stop the relay rather than be retried.
+func isFatal(err error) bool {
+	var f *fatalError
 	return errors.As(err, &f) || errors.Is(err, replication.ErrRefused)
 }
 
@@ -60,12 +60,12 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer, newProducer 
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	metrics := NewMetrics(reg)
+	metrics := newMetrics(reg)
 	pub, err := newProducer(func(kind string) { metrics.brokerErrors.WithLabelValues(kind).Inc() })
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
-	return &Relay{cfg: cfg, log: log, metrics: metrics, health: NewHealth(cfg.HeartbeatInterval), pub: pub,
+	return &Relay{cfg: cfg, log: log, metrics: metrics, health: newHealth(cfg.HeartbeatInterval), pub: pub,
 		delivery: &deliverer{log: log.With().Str("component", "delivery").Logger(), pub: pub, metrics: metrics, dlqTopic: cfg.DLQTopic}}, nil
 }
 
@@ -137,7 +137,7 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 		if err == nil {
 			return nil
 		}
-		if IsFatal(err) || errors.Is(err, replication.ErrDrainTimeout) {
+		if isFatal(err) || errors.Is(err, replication.ErrDrainTimeout) {
 			return err
 		}
 		if ctx.Err() != nil {
