@@ -29,7 +29,7 @@ const backfillBatch = 1000
 // gaps). A crash in the middle leaves the remaining rows to the reconciler.
 func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replication.Conn, acker rowAcker, log zerolog.Logger) error {
 	name := r.cfg.Slot
-	backfill := r.cfg.AckMode != AckNone
+	backfill := r.cfg.AckMode.RecordsDelivery()
 	created, err := repl.CreateSlot(ctx, name, backfill)
 	if err != nil {
 		return err
@@ -54,8 +54,7 @@ func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 // backfill publishes the unacked rows visible in the exported snapshot, in
 // created_at, id order, and acks each batch before the next.
 func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, log zerolog.Logger) (int, error) {
-	table := r.cfg.TableName()
-	mapping := outbox.DefaultMapping()
+	table, mapping := r.table, r.mapping
 	started := time.Now()
 
 	snapConn, err := pgx.Connect(ctx, r.cfg.PGURL)
@@ -79,7 +78,8 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 	if cols.Has(mapping.CreatedAt) {
 		order = outbox.QuoteIdent(mapping.CreatedAt) + ", " + order
 	}
-	query := "SELECT " + cols.SelectList() + " FROM " + table.Quoted() + unackedWhere(r.cfg.AckMode) + " ORDER BY " + order
+	query := "SELECT " + cols.SelectList() + " FROM " + table.Quoted() +
+		" WHERE " + mapping.Unacked(cols.Has(mapping.PublishedAt)) + " ORDER BY " + order
 	result, err := tx.Query(ctx, query)
 	if err != nil {
 		return 0, fmt.Errorf("read rows to backfill: %w", err)

@@ -148,7 +148,7 @@ func (r *Relay) watchLeadership(ctx context.Context, conn *pgx.Conn, log zerolog
 				return err
 			}
 		}
-		if r.cfg.AckMode != AckNone && now.Sub(lastAgeCheck) >= 5*time.Second {
+		if r.cfg.AckMode.RecordsDelivery() && now.Sub(lastAgeCheck) >= 5*time.Second {
 			lastAgeCheck = now
 			if err := r.measureOldestUnacked(ctx, conn); err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Msg("cannot measure the oldest unacked row")
@@ -222,9 +222,13 @@ func (r *Relay) checkSlotWAL(ctx context.Context, conn *pgx.Conn, log zerolog.Lo
 // measureOldestUnacked sets the age of the oldest row whose delivery is not
 // recorded yet.
 func (r *Relay) measureOldestUnacked(ctx context.Context, conn *pgx.Conn) error {
+	cols, err := replication.TableColumns(ctx, conn, r.table)
+	if err != nil {
+		return err
+	}
 	var age float64
-	err := conn.QueryRow(ctx, fmt.Sprintf("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(%s)), 0)::float8 FROM %s%s",
-		outbox.QuoteIdent(outbox.DefaultMapping().CreatedAt), r.cfg.TableName().Quoted(), unackedWhere(r.cfg.AckMode))).Scan(&age)
+	err = conn.QueryRow(ctx, fmt.Sprintf("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(%s)), 0)::float8 FROM %s WHERE %s",
+		outbox.QuoteIdent(r.mapping.CreatedAt), r.table.Quoted(), r.mapping.Unacked(hasColumn(cols, r.mapping.PublishedAt)))).Scan(&age)
 	if err != nil {
 		return err
 	}

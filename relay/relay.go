@@ -51,6 +51,10 @@ type Relay struct {
 	metrics *Metrics
 	health  *Health
 	pub     *publisher.Publisher
+	// table and mapping are the outbox table and its columns, resolved once
+	// from the configuration.
+	table   outbox.Table
+	mapping outbox.Mapping
 
 	reconcilerOffLogged bool
 }
@@ -78,7 +82,8 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) (*Relay, err
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
-	return &Relay{cfg: cfg, log: log, metrics: metrics, health: NewHealth(cfg.HeartbeatInterval), pub: pub}, nil
+	return &Relay{cfg: cfg, log: log, metrics: metrics, health: NewHealth(cfg.HeartbeatInterval), pub: pub,
+		table: cfg.TableName(), mapping: cfg.Mapping()}, nil
 }
 
 func trimmed(ss []string) []string {
@@ -230,8 +235,7 @@ func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger)
 func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	cfg := r.cfg
 	log := r.log.With().Str("component", "replication").Logger()
-	table := cfg.TableName()
-	mapping := outbox.DefaultMapping()
+	table, mapping := r.table, r.mapping
 
 	conn, err := pgx.Connect(ctx, cfg.PGURL)
 	if err != nil {
@@ -242,11 +246,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	if err := replication.CheckServer(ctx, conn); err != nil {
 		return err
 	}
-	ackColumn := ""
-	if cfg.AckMode == AckMark {
-		ackColumn = mapping.PublishedAt
-	}
-	cols, err := replication.CheckTable(ctx, conn, table, mapping, ackColumn)
+	cols, err := replication.CheckTable(ctx, conn, table, mapping, cfg.AckMode)
 	if err != nil {
 		return err
 	}
@@ -265,8 +265,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	defer repl.Close(context.WithoutCancel(ctx))
 
 	var acker rowAcker
-	switch cfg.AckMode {
-	case AckDelete, AckMark:
+	if cfg.AckMode.RecordsDelivery() {
 		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode, log, r.metrics.ackMissing)
 	}
 	slot, err := r.ensureSlot(ctx, conn, repl, acker, log)
@@ -316,7 +315,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 		rec, err := reconciler.New(reconciler.Config{
 			Table:    table,
 			Mapping:  mapping,
-			AckMode:  string(cfg.AckMode),
+			AckMode:  cfg.AckMode,
 			Grace:    cfg.ReconcileGrace,
 			Interval: cfg.ReconcileInterval,
 			Batch:    cfg.ReconcileBatch,
@@ -360,64 +359,6 @@ func (r *Relay) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 		return slot, &replication.SlotActiveError{Slot: name, Detail: fmt.Sprintf("active_pid %d", slot.ActivePID)}
 	}
 	return slot, nil
-}
-
-// tableAcker deletes or marks delivered rows with one statement per batch.
-type tableAcker struct {
-	conn    *pgx.Conn
-	sql     string
-	log     zerolog.Logger
-	missing prometheus.Counter
-}
-
-func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType string, mode AckMode, log zerolog.Logger, missing prometheus.Counter) *tableAcker {
-	// The ids travel as text[] (pgx encodes []string to it directly; asking
-	// for uuid[] made it try and fail a binary encoding per call) and are cast
-	// to the id column's own type so the primary key index is used.
-	ids := fmt.Sprintf("%s = ANY($1::text[]::%s[])", outbox.QuoteIdent(m.ID), strings.TrimSuffix(idType, "[]"))
-	sql := fmt.Sprintf("DELETE FROM %s WHERE %s", table.Quoted(), ids)
-	if mode == AckMark {
-		published := outbox.QuoteIdent(m.PublishedAt)
-		sql = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s AND %s IS NULL", table.Quoted(), published, ids, published)
-	}
-	return &tableAcker{conn: conn, sql: sql, log: log, missing: missing}
-}
-
-// ackVisibilityWait bounds how long Ack waits for rows it could not find.
-// The walsender may send a transaction a moment before its commit is visible
-// to other sessions (the commit record is flushed before the committing
-// backend leaves the proc array), so a delete right after the Kafka ack can
-// miss a row that is about to appear. Ack retries the statement until every
-// row matched or this much time passed; a row still missing then was deleted
-// or marked before (a transaction re-sent after a restart).
-const ackVisibilityWait = 2 * time.Second
-
-func (a *tableAcker) Ack(ctx context.Context, ids []string) error {
-	matched := int64(0)
-	delay := time.Millisecond
-	deadline := time.Now().Add(ackVisibilityWait)
-	for {
-		tag, err := a.conn.Exec(ctx, a.sql, ids)
-		if err != nil {
-			return fmt.Errorf("record delivery of %d rows: %w", len(ids), err)
-		}
-		matched += tag.RowsAffected()
-		if matched >= int64(len(ids)) {
-			return nil
-		}
-		if time.Now().Add(delay).After(deadline) {
-			missing := int64(len(ids)) - matched
-			a.missing.Add(float64(missing))
-			a.log.Debug().Int64("rows", missing).Msg("delivered rows already deleted or marked (re-sent after a restart?)")
-			return nil
-		}
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		delay *= 2
-	}
 }
 
 // backoff grows a delay exponentially between min and max.

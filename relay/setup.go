@@ -30,7 +30,7 @@ type SetupOptions struct {
 // slot with an exported snapshot and publishes them before streaming, can
 // deliver them with no gap and no double.
 func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, opts SetupOptions) error {
-	table := cfg.TableName()
+	table, mapping := cfg.TableName(), cfg.Mapping()
 	conn, err := pgx.Connect(ctx, cfg.PGURL)
 	if err != nil {
 		return fmt.Errorf("connect to Postgres: %w", err)
@@ -48,11 +48,8 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 		}
 		fmt.Fprintf(out, "table %s: created\n", table)
 	}
-	ackColumn := ""
-	if cfg.AckMode == AckMark {
-		ackColumn = outbox.DefaultMapping().PublishedAt
-	}
-	if _, err := replication.CheckTable(ctx, conn, table, outbox.DefaultMapping(), ackColumn); err != nil {
+	cols, err := replication.CheckTable(ctx, conn, table, mapping, cfg.AckMode)
+	if err != nil {
 		return err
 	}
 	created, err := replication.EnsurePublication(ctx, conn, cfg.Publication, table)
@@ -84,10 +81,10 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 		fmt.Fprintf(out, "slot %s: exists (confirmed %s)\n", cfg.Slot, slot.ConfirmedFlushLSN)
 		return nil
 	}
-	if cfg.AckMode != AckNone {
-		var unacked int64
-		if err := conn.QueryRow(ctx, countUnackedSQL(table, cfg.AckMode)).Scan(&unacked); err != nil {
-			return fmt.Errorf("count unacked rows of %s: %w", table, err)
+	if cfg.AckMode.RecordsDelivery() {
+		unacked, err := countUnacked(ctx, conn, table, mapping, hasColumn(cols, mapping.PublishedAt))
+		if err != nil {
+			return err
 		}
 		if unacked > 0 || opts.RecreateSlot {
 			fmt.Fprintf(out, "slot %s: left to `outbox-relay run`, which creates it and first publishes the %d unacked row(s) already in %s (backfill)\n",
@@ -108,18 +105,26 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 	return nil
 }
 
-// countUnackedSQL counts the rows whose delivery is not recorded.
-func countUnackedSQL(table outbox.Table, mode AckMode) string {
-	return "SELECT count(*) FROM " + table.Quoted() + unackedWhere(mode)
+// countUnacked counts the rows whose delivery is not recorded.
+func countUnacked(ctx context.Context, q querier, table outbox.Table, m outbox.Mapping, hasPublishedAt bool) (int64, error) {
+	var n int64
+	err := q.QueryRow(ctx, "SELECT count(*) FROM "+table.Quoted()+" WHERE "+m.Unacked(hasPublishedAt)).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count unacked rows of %s: %w", table, err)
+	}
+	return n, nil
 }
 
-// unackedWhere is the WHERE clause selecting rows whose delivery is not
-// recorded: every row with ACK_MODE delete, unmarked rows with mark.
-func unackedWhere(mode AckMode) string {
-	if mode == AckMark {
-		return " WHERE " + outbox.QuoteIdent(outbox.DefaultMapping().PublishedAt) + " IS NULL"
-	}
-	return ""
+// querier runs a one-row query: *pgx.Conn and pgx.Tx are queriers.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// hasColumn reports whether the table has the column; an unnamed column
+// ("" in the mapping) it never has.
+func hasColumn(cols map[string]replication.Column, name string) bool {
+	_, ok := cols[name]
+	return name != "" && ok
 }
 
 func orUnknown(s string) string {

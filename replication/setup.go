@@ -89,16 +89,16 @@ func TableColumns(ctx context.Context, conn *pgx.Conn, table outbox.Table) (map[
 	return cols, nil
 }
 
-// CheckTable refuses a table that lacks a column the mapping needs. ackColumn
-// is the column the ack mode writes ("" for none).
-func CheckTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, m outbox.Mapping, ackColumn string) (map[string]Column, error) {
+// CheckTable refuses a table that lacks a column the mapping needs, counting
+// the published_at column that ACK_MODE mark writes.
+func CheckTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, m outbox.Mapping, mode outbox.AckMode) (map[string]Column, error) {
 	cols, err := TableColumns(ctx, conn, table)
 	if err != nil {
 		return nil, err
 	}
 	required := []string{m.ID, m.AggregateType, m.AggregateID, m.Type, m.Payload}
-	if ackColumn != "" {
-		required = append(required, ackColumn)
+	if mode == outbox.AckMark {
+		required = append(required, m.PublishedAt)
 	}
 	var missing []string
 	for _, name := range required {
