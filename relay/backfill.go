@@ -103,7 +103,7 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 		for i := range batch {
 			ids = append(ids, string(batch[i].ID))
 		}
-		if err := acker.Ack(ctx, ids); err != nil {
+		if err := acker.Ack(ctx, ids, nil); err != nil {
 			return err
 		}
 		total += len(batch)
