@@ -157,7 +157,6 @@ func (r *Relay) lead(ctx context.Context, stop <-chan struct{}, lock *pgx.Conn, 
 func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 	log := r.log.With().Str("component", "relay").Logger()
 	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
-	var busySince time.Time
 	for {
 		started := time.Now()
 		err := r.session(ctx, stop)
@@ -182,17 +181,15 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 		r.metrics.reconnects.Inc()
 		var active *replication.SlotActiveError
 		if errors.As(err, &active) {
-			if busySince.IsZero() {
-				busySince = time.Now()
-			}
 			r.health.setRole(RoleStarting, err.Error())
-			log.Warn().Err(err).Dur("retry_in", delay).Dur("busy_for", time.Since(busySince)).
-				Msg("holding the leader lock but the slot is still active (a previous leader's walsender?); waiting")
-			if time.Since(busySince) > staleWalsenderAfter {
-				r.terminateStaleWalsender(ctx, log)
-			}
+			// This instance holds the leader lock, so whoever holds the slot
+			// is a previous leader that lost it (frozen, partitioned, or
+			// gone while its walsender has not noticed yet): end it now
+			// rather than wait for wal_sender_timeout.
+			log.Warn().Err(err).Dur("retry_in", delay).
+				Msg("holding the leader lock but the slot is still active (a previous leader's walsender); terminating it")
+			r.terminateStaleWalsender(ctx, log)
 		} else {
-			busySince = time.Time{}
 			r.health.setRole(RoleStarting, err.Error())
 			log.Error().Err(err).Dur("retry_in", delay).Msg("streaming session failed; reconnecting")
 		}
@@ -206,12 +203,6 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 	}
 }
 
-// staleWalsenderAfter is how long the leader waits for a slot to become
-// inactive before it terminates the walsender holding it: longer than the
-// default wal_sender_timeout (60 s), after which Postgres would have ended a
-// walsender whose client is truly gone.
-const staleWalsenderAfter = 75 * time.Second
-
 // terminateStaleWalsender ends the walsender still holding our slot. Only the
 // leader calls it, so the process on the other end cannot be a live leader.
 func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger) {
@@ -224,6 +215,9 @@ func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger)
 	var ok *bool
 	err = conn.QueryRow(ctx, `SELECT active_pid, pg_terminate_backend(active_pid)
 		FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, r.cfg.Slot).Scan(&pid, &ok)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return // it ended by itself meanwhile
+	}
 	if err != nil {
 		log.Warn().Err(err).Msg("cannot terminate the stale walsender")
 		return
