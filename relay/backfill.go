@@ -51,6 +51,20 @@ func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 	return nil
 }
 
+// beginInSnapshot begins a read-only transaction on conn that sees exactly
+// the exported snapshot of a slot just created.
+func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot string) (pgx.Tx, error) {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("begin a transaction in the slot's snapshot: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "''")+"'"); err != nil {
+		tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("import the slot's snapshot %q: %w", snapshot, err)
+	}
+	return tx, nil
+}
+
 // backfill publishes the unacked rows visible in the exported snapshot, in
 // created_at, id order, and acks each batch before the next.
 func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, log zerolog.Logger) (int, error) {
@@ -62,14 +76,11 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 		return 0, fmt.Errorf("connect for the backfill: %w", err)
 	}
 	defer snapConn.Close(context.WithoutCancel(ctx))
-	tx, err := snapConn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	tx, err := beginInSnapshot(ctx, snapConn, snapshot)
 	if err != nil {
-		return 0, fmt.Errorf("begin backfill transaction: %w", err)
+		return 0, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "''")+"'"); err != nil {
-		return 0, fmt.Errorf("import the slot's snapshot %q: %w", snapshot, err)
-	}
 	cols, err := rows.Lookup(ctx, tx, table, mapping)
 	if err != nil {
 		return 0, err

@@ -81,28 +81,62 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 		fmt.Fprintf(out, "slot %s: exists (confirmed %s)\n", cfg.Slot, slot.ConfirmedFlushLSN)
 		return nil
 	}
-	if cfg.AckMode.RecordsDelivery() {
-		unacked, err := countUnacked(ctx, conn, table, mapping, hasColumn(cols, mapping.PublishedAt))
+	leaveToRun := func(unacked int64) {
+		fmt.Fprintf(out, "slot %s: left to `outbox-relay run`, which creates it and first publishes the %d unacked row(s) already in %s (backfill)\n",
+			cfg.Slot, unacked, table)
+	}
+	hasPublishedAt := hasColumn(cols, mapping.PublishedAt)
+	if opts.RecreateSlot && cfg.AckMode.RecordsDelivery() {
+		unacked, err := countUnacked(ctx, conn, table, mapping, hasPublishedAt)
 		if err != nil {
 			return err
 		}
-		if unacked > 0 || opts.RecreateSlot {
-			fmt.Fprintf(out, "slot %s: left to `outbox-relay run`, which creates it and first publishes the %d unacked row(s) already in %s (backfill)\n",
-				cfg.Slot, unacked, table)
-			return nil
-		}
+		leaveToRun(unacked)
+		return nil
 	}
 	repl, err := replication.Connect(ctx, cfg.PGURL, log)
 	if err != nil {
 		return err
 	}
 	defer repl.Close(context.WithoutCancel(ctx))
-	res, err := repl.CreateSlot(ctx, cfg.Slot, false)
+	res, err := repl.CreateSlot(ctx, cfg.Slot, cfg.AckMode.RecordsDelivery())
 	if err != nil {
 		return err
 	}
+	if cfg.AckMode.RecordsDelivery() {
+		// Counted in the slot's own snapshot: a row committed before the
+		// slot's consistent point is counted here, one after it is in the
+		// stream. Counting before creating the slot would miss a
+		// transaction committing in between, which neither the stream nor
+		// a backfill would then deliver.
+		unacked, err := countUnackedInSnapshot(ctx, conn, res.SnapshotName, table, mapping, hasPublishedAt)
+		if err != nil {
+			return err
+		}
+		if unacked > 0 {
+			// Only `run`, which can publish, may create a slot with rows
+			// behind it: it backfills them from the slot's snapshot.
+			repl.Close(context.WithoutCancel(ctx)) // releases the snapshot
+			if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", cfg.Slot); err != nil {
+				return fmt.Errorf("drop slot %q created moments ago, to leave it to `outbox-relay run`: %w", cfg.Slot, err)
+			}
+			leaveToRun(unacked)
+			return nil
+		}
+	}
 	fmt.Fprintf(out, "slot %s: created at %s\n", cfg.Slot, res.ConsistentPoint)
 	return nil
+}
+
+// countUnackedInSnapshot counts the unacked rows visible in the exported
+// snapshot, on conn (a second connection: the exporting one must stay idle).
+func countUnackedInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot string, table outbox.Table, m outbox.Mapping, hasPublishedAt bool) (int64, error) {
+	tx, err := beginInSnapshot(ctx, conn, snapshot)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	return countUnacked(ctx, tx, table, m, hasPublishedAt)
 }
 
 // countUnacked counts the rows whose delivery is not recorded.
