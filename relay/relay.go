@@ -327,7 +327,28 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	if err == nil {
 		log.Info().Str("lsn", tracker.Watermark().String()).Msg("final position confirmed")
 	}
+	var broken *decoder.MappingError
+	if errors.As(err, &broken) {
+		return mappingBroken(broken, tracker.Watermark())
+	}
 	return err
+}
+
+// mappingBroken is the error that stops the relay when the outbox table,
+// as the WAL describes it from some point on, no longer fits the column
+// mapping. Retrying cannot help: every restart meets the same Relation
+// message again. Nothing is lost by stopping: the rows written since are
+// still in the table, unacked.
+func mappingBroken(e *decoder.MappingError, confirmed outbox.LSN) error {
+	column := e.Column
+	if column == "" {
+		return fatalf("%v; the way out: map a column for %s, then start the relay again", e, e.Field)
+	}
+	return fatalf("%v (the table was altered after position %s); the way out: rename or retype column %q back "+
+		"(ALTER TABLE %s RENAME COLUMN … TO %s, or ALTER COLUMN %s TYPE …) or map the new column, then start the relay again; "+
+		"if it stops here again (rows were written while the column was changed, and the WAL describes them with the old table), "+
+		"run `outbox-relay setup --recreate-slot` and start it: the backfill delivers those rows from the table",
+		e, confirmed, column, e.Table, outbox.QuoteIdent(column), outbox.QuoteIdent(column))
 }
 
 // ensureSlot returns the slot, creating it when missing and refusing one the
