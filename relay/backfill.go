@@ -39,7 +39,7 @@ func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 		log.Info().Msg("ACK_MODE none: no backfill (the relay cannot tell which existing rows were delivered)")
 		return nil
 	}
-	n, err := r.backfill(ctx, created.SnapshotName, acker, log)
+	n, err := r.backfill(ctx, conn, created.SnapshotName, acker, log)
 	if err != nil {
 		if _, dropErr := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name); dropErr != nil {
 			log.Error().Err(dropErr).Str("slot", name).Msg("backfill failed and the new slot could not be dropped: rows not yet published will be swept by the reconciler")
@@ -47,6 +47,21 @@ func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 			log.Warn().Str("slot", name).Msg("backfill failed: dropped the slot created moments ago, so the next start backfills again")
 		}
 		return fmt.Errorf("backfill after creating slot %q (%d rows published before the failure): %w", name, n, err)
+	}
+	return nil
+}
+
+// checkLeading returns errLostLeadership unless this instance's lock session
+// still holds the leader lock, as Postgres sees it now.
+func (r *Relay) checkLeading(ctx context.Context, conn *pgx.Conn) error {
+	var held bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND pid = $1)`, int64(r.lockPID)).Scan(&held)
+	if err != nil {
+		return fmt.Errorf("check the leader lock: %w", err)
+	}
+	if !held {
+		return fmt.Errorf("%w: the lock session (pid %d) no longer holds it; stopping the backfill", errLostLeadership, r.lockPID)
 	}
 	return nil
 }
@@ -66,8 +81,10 @@ func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot string) (pgx.
 }
 
 // backfill publishes the unacked rows visible in the exported snapshot, in
-// created_at, id order, and acks each batch before the next.
-func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, log zerolog.Logger) (int, error) {
+// created_at, id order, and acks each batch before the next. No walsender
+// fences it (a new leader ends the old one's walsender, not its queries), so
+// before each batch it checks on conn that the leader lock is still held.
+func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, acker rowAcker, log zerolog.Logger) (int, error) {
 	table, mapping := r.table, r.mapping
 	started := time.Now()
 
@@ -104,6 +121,9 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
+		}
+		if err := r.checkLeading(ctx, conn); err != nil {
+			return err
 		}
 		delivered, err := p.deliver(ctx, batch)
 		if err != nil {

@@ -55,6 +55,10 @@ type Relay struct {
 	// from the configuration.
 	table   outbox.Table
 	mapping outbox.Mapping
+	// lockPID is the backend pid of the leader lock session while this
+	// instance leads: the backfill, which no walsender fences, checks
+	// before each batch that this session still holds the lock.
+	lockPID uint32
 
 	reconcilerOffLogged bool
 }
@@ -134,6 +138,8 @@ func (r *Relay) Run(ctx context.Context, stop <-chan struct{}) error {
 // lead streams while this instance holds the leader lock.
 func (r *Relay) lead(ctx context.Context, stop <-chan struct{}, lock *pgx.Conn, log zerolog.Logger) error {
 	r.metrics.leader.Set(1)
+	r.lockPID = lock.PgConn().PID()
+	defer func() { r.lockPID = 0 }()
 	leaderCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	watchDone := make(chan error, 1)
@@ -163,8 +169,15 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 		if err == nil {
 			return nil
 		}
-		if IsFatal(err) || errors.Is(err, replication.ErrDrainTimeout) {
+		if IsFatal(err) || errors.Is(err, replication.ErrDrainTimeout) || errors.Is(err, errLostLeadership) {
 			return err
+		}
+		select {
+		case <-stop:
+			// The session ended in error during a graceful stop: its final
+			// position was not confirmed, which is not a clean stop.
+			return fmt.Errorf("graceful stop: %w", err)
+		default:
 		}
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -325,6 +338,9 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	}
 	err = g.Wait()
 	if err == nil {
+		err = r.checkConfirmed(ctx, conn, tracker.Watermark())
+	}
+	if err == nil {
 		log.Info().Str("lsn", tracker.Watermark().String()).Msg("final position confirmed")
 	}
 	var broken *decoder.MappingError
@@ -350,6 +366,43 @@ func mappingBroken(e *decoder.MappingError, confirmed outbox.LSN) error {
 		"run `outbox-relay setup --recreate-slot` and start it: the backfill delivers those rows from the table",
 		e, confirmed, column, e.Table, outbox.QuoteIdent(column), outbox.QuoteIdent(column))
 }
+
+// finalConfirmWait bounds how long a graceful stop waits for the server to
+// show the final position it was sent.
+const finalConfirmWait = 5 * time.Second
+
+// checkConfirmed makes sure, after a graceful stop, that the slot shows the
+// final position: a standby status written to a connection that broke
+// meanwhile is not a confirmation, and a stop that says "confirmed" must
+// not leave the next start to repeat what was delivered.
+func (r *Relay) checkConfirmed(ctx context.Context, conn *pgx.Conn, final outbox.LSN) error {
+	deadline := time.Now().Add(finalConfirmWait)
+	for {
+		slot, ok, err := replication.LookupSlot(ctx, conn, r.cfg.Slot)
+		if err != nil {
+			return fmt.Errorf("graceful stop: check the final position %s: %w", final, err)
+		}
+		if !ok {
+			return fatalf("graceful stop: slot %q disappeared before its final position %s was confirmed", r.cfg.Slot, final)
+		}
+		if slot.ConfirmedFlushLSN >= final {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("graceful stop: slot %q shows %s, not the final position %s, %s after it was sent: %w",
+				r.cfg.Slot, slot.ConfirmedFlushLSN, final, finalConfirmWait, errFinalUnconfirmed)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// errFinalUnconfirmed marks a graceful stop whose final position the server
+// never showed; the records after the shown one are sent again next time.
+var errFinalUnconfirmed = errors.New("final position not confirmed")
 
 // ensureSlot returns the slot, creating it when missing and refusing one the
 // relay must not use. An existing slot is never dropped or recreated.
