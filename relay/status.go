@@ -88,8 +88,8 @@ type StatusReport struct {
 	Table       string `json:"table"`
 	TableExists bool   `json:"table_exists"`
 	AckMode     string `json:"ack_mode"`
-	// UnackedRows counts the rows whose delivery is not yet recorded: all
-	// rows with ACK_MODE delete, those with a NULL published_at with mark.
+	// UnackedRows counts the rows whose delivery is not yet recorded
+	// (outbox.Mapping.Unacked): present rows whose published_at is NULL.
 	UnackedRows          *int64   `json:"unacked_rows"`
 	OldestUnackedSeconds *float64 `json:"oldest_unacked_seconds"`
 
