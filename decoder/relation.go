@@ -149,6 +149,18 @@ func (d *Decoder) decodeRelation(r *reader) (Message, error) {
 	return Message{Kind: KindRelation, Relation: rel.name}, nil
 }
 
+// MappingError says that a Relation message of the outbox table does not fit
+// the column mapping (a mapped column renamed, dropped or retyped): no row
+// of the table can be decoded until the table or the mapping changes.
+type MappingError struct {
+	Table  string // schema.name
+	Column string // the mapped column; "" when the mapping names none
+	Field  string // what the mapping uses the column for
+	msg    string
+}
+
+func (e *MappingError) Error() string { return e.msg }
+
 // checkMapping reports the first mapped column of the outbox table that is
 // missing though required, or whose type the decoder cannot turn into bytes.
 func (d *Decoder) checkMapping(rel *relation) error {
@@ -158,13 +170,17 @@ func (d *Decoder) checkMapping(rel *relation) error {
 			if !rule.required {
 				continue
 			}
-			if d.columnNames[f] == "" {
-				return fmt.Errorf("table %s: the column mapping names no column for %s, which is required", rel.name, rule.mapping)
+			e := &MappingError{Table: rel.name, Column: d.columnNames[f], Field: rule.mapping}
+			if e.Column == "" {
+				e.msg = fmt.Sprintf("table %s: the column mapping names no column for %s, which is required", rel.name, rule.mapping)
+			} else {
+				e.msg = fmt.Sprintf("table %s has no column %q, which the column mapping requires for %s", rel.name, e.Column, rule.mapping)
 			}
-			return fmt.Errorf("table %s has no column %q, which the column mapping requires for %s", rel.name, d.columnNames[f], rule.mapping)
+			return e
 		}
 		if !slices.Contains(rule.types, col.typeOID) {
-			return fmt.Errorf("table %s column %s: type oid %d is not supported (want %s)", rel.name, col.name, col.typeOID, rule.want)
+			return &MappingError{Table: rel.name, Column: col.name, Field: rule.mapping,
+				msg: fmt.Sprintf("table %s column %s: type oid %d is not supported (want %s)", rel.name, col.name, col.typeOID, rule.want)}
 		}
 	}
 	return nil

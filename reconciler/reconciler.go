@@ -46,12 +46,6 @@ const (
 	DefaultBatch    = 500
 )
 
-// The ack modes the reconciler works with (the relay's ACK_MODE values).
-const (
-	AckDelete = "delete" // a delivered row is deleted: every present row is unacknowledged
-	AckMark   = "mark"   // a delivered row gets published_at: unacknowledged rows have it NULL
-)
-
 // ErrDisabled is returned by New for ACK_MODE none: the relay leaves rows in
 // place after delivery, so the reconciler cannot tell an unacknowledged row
 // from a delivered one and must not run.
@@ -64,8 +58,9 @@ type Config struct {
 	// A row whose created_at is NULL is never swept.
 	Table   outbox.Table
 	Mapping outbox.Mapping
-	// AckMode is "delete" or "mark", as the relay's ACK_MODE.
-	AckMode string
+	// AckMode is the relay's ACK_MODE, delete or mark. Which rows are
+	// unacknowledged is outbox.Mapping.Unacked in either mode.
+	AckMode outbox.AckMode
 	// Grace is how long after being written a row may stay unacknowledged
 	// (OUTBOX_RELAY_RECONCILE_GRACE, default 5m). It must exceed the longest
 	// transaction that writes to the outbox.
@@ -118,8 +113,8 @@ type Reconciler struct {
 // ACK_MODE none.
 func New(cfg Config, connect Connect, dl DeadLetterer, pos Position, log zerolog.Logger) (*Reconciler, error) {
 	switch cfg.AckMode {
-	case AckDelete, AckMark:
-	case "none":
+	case outbox.AckDelete, outbox.AckMark:
+	case outbox.AckNone:
 		return nil, ErrDisabled
 	default:
 		return nil, fmt.Errorf("reconciler: ack mode %q is not one of delete, mark", cfg.AckMode)
@@ -140,7 +135,7 @@ func New(cfg Config, connect Connect, dl DeadLetterer, pos Position, log zerolog
 	if cfg.Mapping.CreatedAt == "" {
 		errs = append(errs, errors.New("reconciler: the column mapping names no created_at column"))
 	}
-	if cfg.AckMode == AckMark && cfg.Mapping.PublishedAt == "" {
+	if cfg.AckMode == outbox.AckMark && cfg.Mapping.PublishedAt == "" {
 		errs = append(errs, errors.New("reconciler: ack mode mark and the column mapping names no published_at column"))
 	}
 	if connect == nil || dl == nil || pos == nil {
@@ -163,7 +158,7 @@ func New(cfg Config, connect Connect, dl DeadLetterer, pos Position, log zerolog
 // nothing it did not finish was deleted or marked.
 func (r *Reconciler) Run(ctx context.Context) error {
 	defer r.Close(context.WithoutCancel(ctx))
-	r.log.Info().Str("table", r.cfg.Table.String()).Str("ack_mode", r.cfg.AckMode).
+	r.log.Info().Str("table", r.cfg.Table.String()).Str("ack_mode", string(r.cfg.AckMode)).
 		Dur("grace", r.cfg.Grace).Dur("interval", r.cfg.Interval).Int("batch", r.cfg.Batch).
 		Msg("reconciler started")
 	ticker := time.NewTicker(r.cfg.Interval)

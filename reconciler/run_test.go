@@ -44,7 +44,7 @@ func TestRun(t *testing.T) {
 	var logs syncBuffer
 	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, e.url) }
 	r, err := reconciler.New(reconciler.Config{
-		Table: outboxTable, Mapping: outbox.DefaultMapping(), AckMode: reconciler.AckMark,
+		Table: outboxTable, Mapping: outbox.DefaultMapping(), AckMode: outbox.AckMark,
 		Interval: 20 * time.Millisecond,
 	}, connect, dl, at(e.now()), zerolog.New(&logs))
 	if err != nil {

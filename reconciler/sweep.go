@@ -29,28 +29,25 @@ func buildQueries(cols *rows.Columns, cfg Config) (*queries, error) {
 	if !cols.Has(m.CreatedAt) {
 		return nil, fmt.Errorf("table %s has no column %q (created_at), which the reconciler needs", cfg.Table, m.CreatedAt)
 	}
-	if cfg.AckMode == AckMark && !cols.Has(m.PublishedAt) {
+	if cfg.AckMode == outbox.AckMark && !cols.Has(m.PublishedAt) {
 		return nil, fmt.Errorf("table %s has no column %q (published_at), which ACK_MODE mark needs", cfg.Table, m.PublishedAt)
 	}
 	table := cfg.Table.Quoted()
 	createdAt := outbox.QuoteIdent(m.CreatedAt)
-	unacked := "" // ACK_MODE delete: a row still present was never acknowledged
-	if cfg.AckMode == AckMark {
-		unacked = outbox.QuoteIdent(m.PublishedAt) + " IS NULL AND "
-	}
+	unacked := m.Unacked(cols.Has(m.PublishedAt))
 	// The age rule, on the server's clock both ways: created_at is the
 	// server's now() of the inserting transaction and the watermark's commit
 	// time comes from the WAL.
 	grace := "$1::bigint * interval '1 microsecond'"
 	q := &queries{cols: cols}
 	q.selectOld = fmt.Sprintf(
-		"SELECT %s, ctid::text FROM %s WHERE %s%s < now() - %s AND %s < $2::timestamptz - %s ORDER BY %s, %s LIMIT $3 FOR UPDATE SKIP LOCKED",
+		"SELECT %s, ctid::text FROM %s WHERE %s AND %s < now() - %s AND %s < $2::timestamptz - %s ORDER BY %s, %s LIMIT $3 FOR UPDATE SKIP LOCKED",
 		cols.SelectList(), table, unacked, createdAt, grace, createdAt, grace, createdAt, outbox.QuoteIdent(m.ID))
 	// The rows are locked by this transaction, so their ctids cannot change
 	// before it ends; unlike the id, a ctid also finds a row whose id is NULL.
 	byCtid := "ctid = ANY($1::text[]::tid[])"
 	q.remove = fmt.Sprintf("DELETE FROM %s WHERE %s", table, byCtid)
-	if cfg.AckMode == AckMark {
+	if cfg.AckMode == outbox.AckMark {
 		q.remove = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s", table, outbox.QuoteIdent(m.PublishedAt), byCtid)
 	}
 	return q, nil

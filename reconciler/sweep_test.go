@@ -18,11 +18,11 @@ import (
 )
 
 var ackModes = []struct {
-	mode       string
+	mode       outbox.AckMode
 	sweptState string // what a swept row becomes
 }{
-	{reconciler.AckDelete, "deleted"},
-	{reconciler.AckMark, "marked"},
+	{outbox.AckDelete, "deleted"},
+	{outbox.AckMark, "marked"},
 }
 
 // TestSweepDeadLettersOldUnackedRow: an old unacknowledged row is
@@ -30,7 +30,7 @@ var ackModes = []struct {
 // DeadLetter runs, the row is still there, unmarked and locked.
 func TestSweepDeadLettersOldUnackedRow(t *testing.T) {
 	for _, am := range ackModes {
-		t.Run(am.mode, func(t *testing.T) {
+		t.Run(string(am.mode), func(t *testing.T) {
 			e := newEnv(t)
 			old := e.insertAged(10 * time.Minute)
 			young := e.insertAged(time.Minute)
@@ -38,7 +38,7 @@ func TestSweepDeadLettersOldUnackedRow(t *testing.T) {
 			// marked, and must not be swept again.
 			delivered := e.insertAged(time.Hour)
 			e.exec("UPDATE public.outbox SET published_at = now() - interval '59 minutes' WHERE id = $1", delivered)
-			if am.mode == reconciler.AckDelete {
+			if am.mode == outbox.AckDelete {
 				e.exec("DELETE FROM public.outbox WHERE id = $1", delivered)
 			}
 
@@ -90,7 +90,7 @@ func TestSweepDeadLettersOldUnackedRow(t *testing.T) {
 			if got := e.state(young); got != "unacked" {
 				t.Errorf("young row after Sweep: %s, want unacked", got)
 			}
-			if am.mode == reconciler.AckMark {
+			if am.mode == outbox.AckMark {
 				var stillOld bool
 				if err := e.conn.QueryRow(testContext(t), "SELECT published_at < now() - interval '58 minutes' FROM public.outbox WHERE id = $1", delivered).Scan(&stillOld); err != nil || !stillOld {
 					t.Errorf("delivered row's published_at was rewritten (%v), want it left alone", err)
@@ -109,7 +109,7 @@ func TestSweepDeadLettersOldUnackedRow(t *testing.T) {
 // deleted or marked, nothing stays locked, and the next sweep retries.
 func TestSweepDeadLetterFailureLeavesRows(t *testing.T) {
 	for _, am := range ackModes {
-		t.Run(am.mode, func(t *testing.T) {
+		t.Run(string(am.mode), func(t *testing.T) {
 			e := newEnv(t)
 			id := e.insertAged(10 * time.Minute)
 			errBroker := errors.New("broker unavailable")
@@ -176,7 +176,7 @@ func TestSweepAgeRule(t *testing.T) {
 				pos = at(e.now().Add(tt.watermark))
 			}
 			dl := &recorder{}
-			r := e.reconciler(reconciler.Config{AckMode: reconciler.AckDelete, Grace: grace}, dl, pos)
+			r := e.reconciler(reconciler.Config{AckMode: outbox.AckDelete, Grace: grace}, dl, pos)
 			n, err := r.Sweep(testContext(t))
 			if err != nil {
 				t.Fatal(err)
@@ -199,7 +199,7 @@ func TestSweepUnknownPosition(t *testing.T) {
 		t.Error("Sweep connected with an unknown position")
 		return nil, errors.New("must not connect")
 	}
-	r, err := reconciler.New(reconciler.Config{Table: outboxTable, Mapping: outbox.DefaultMapping(), AckMode: reconciler.AckDelete},
+	r, err := reconciler.New(reconciler.Config{Table: outboxTable, Mapping: outbox.DefaultMapping(), AckMode: outbox.AckDelete},
 		connect, &recorder{}, at(time.Time{}), zerologNop)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +218,7 @@ func TestConcurrentSweepsSkipLocked(t *testing.T) {
 	e.exec(`INSERT INTO public.outbox (aggregatetype, aggregateid, type, payload, created_at)
 		SELECT 'order', 'o-' || i, 'T', '{}', now() - interval '10 minutes' - i * interval '1 ms' FROM generate_series(1, 200) i`)
 	pos := at(e.now())
-	cfg := reconciler.Config{AckMode: reconciler.AckDelete, Grace: 5 * time.Minute, Batch: 50}
+	cfg := reconciler.Config{AckMode: outbox.AckDelete, Grace: 5 * time.Minute, Batch: 50}
 
 	seen := &recorder{} // both reconcilers record here
 	bStarted := make(chan struct{})
@@ -286,7 +286,7 @@ func TestSweepBatches(t *testing.T) {
 		SELECT 'order', 'o-' || i, 'T', '{}', now() - interval '10 minutes' - (i % 300) * interval '1 ms' FROM generate_series(1, 1200) i`)
 	wantOrder := queryIDs(t, e.conn, "SELECT id::text FROM public.outbox ORDER BY created_at, id")
 	dl := &recorder{}
-	r := e.reconciler(reconciler.Config{AckMode: reconciler.AckDelete, Grace: 5 * time.Minute, Batch: 500}, dl, at(e.now()))
+	r := e.reconciler(reconciler.Config{AckMode: outbox.AckDelete, Grace: 5 * time.Minute, Batch: 500}, dl, at(e.now()))
 
 	n, err := r.Sweep(testContext(t))
 	if err != nil || n != 1200 {
@@ -334,7 +334,7 @@ func TestSweepUndecodableRows(t *testing.T) {
 	e.exec(`UPDATE public.outbox SET headers = '{"n": 1}' WHERE id = $1`, badHeaders)
 	last := e.insertAged(10 * time.Minute)
 	dl := &recorder{}
-	r := e.reconciler(reconciler.Config{AckMode: reconciler.AckDelete, Grace: 5 * time.Minute}, dl, at(e.now()))
+	r := e.reconciler(reconciler.Config{AckMode: outbox.AckDelete, Grace: 5 * time.Minute}, dl, at(e.now()))
 
 	n, err := r.Sweep(testContext(t))
 	if err != nil || n != 4 {
@@ -367,12 +367,12 @@ func TestSweepTableErrors(t *testing.T) {
 	tests := []struct {
 		name    string
 		alter   string
-		mode    string
+		mode    outbox.AckMode
 		wantErr string
 	}{
-		{"mark mode without published_at", "ALTER TABLE public.outbox DROP COLUMN published_at", reconciler.AckMark, `no column "published_at"`},
-		{"no created_at", "ALTER TABLE public.outbox DROP COLUMN created_at", reconciler.AckDelete, `no column "created_at"`},
-		{"no table", "DROP TABLE public.outbox", reconciler.AckDelete, "table public.outbox does not exist"},
+		{"mark mode without published_at", "ALTER TABLE public.outbox DROP COLUMN published_at", outbox.AckMark, `no column "published_at"`},
+		{"no created_at", "ALTER TABLE public.outbox DROP COLUMN created_at", outbox.AckDelete, `no column "created_at"`},
+		{"no table", "DROP TABLE public.outbox", outbox.AckDelete, "table public.outbox does not exist"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -391,7 +391,7 @@ func TestSweepTableErrors(t *testing.T) {
 func TestSweepReconnects(t *testing.T) {
 	e := newEnv(t)
 	dl := &recorder{}
-	r := e.reconciler(reconciler.Config{AckMode: reconciler.AckDelete}, dl, at(e.now()))
+	r := e.reconciler(reconciler.Config{AckMode: outbox.AckDelete}, dl, at(e.now()))
 	if _, err := r.Sweep(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +408,7 @@ func TestSweepReconnects(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	ok := reconciler.Config{Table: outboxTable, Mapping: outbox.DefaultMapping(), AckMode: reconciler.AckDelete}
+	ok := reconciler.Config{Table: outboxTable, Mapping: outbox.DefaultMapping(), AckMode: outbox.AckDelete}
 	connect := func(ctx context.Context) (*pgx.Conn, error) { return nil, errors.New("unused") }
 	tests := []struct {
 		name    string
@@ -416,12 +416,12 @@ func TestNew(t *testing.T) {
 		wantErr string
 	}{
 		{"delete", func(*reconciler.Config) {}, ""},
-		{"mark", func(c *reconciler.Config) { c.AckMode = reconciler.AckMark }, ""},
+		{"mark", func(c *reconciler.Config) { c.AckMode = outbox.AckMark }, ""},
 		{"none is disabled", func(c *reconciler.Config) { c.AckMode = "none" }, reconciler.ErrDisabled.Error()},
 		{"unknown mode", func(c *reconciler.Config) { c.AckMode = "later" }, `ack mode "later"`},
 		{"negative grace", func(c *reconciler.Config) { c.Grace = -time.Second }, "must be positive"},
 		{"no created_at", func(c *reconciler.Config) { c.Mapping.CreatedAt = "" }, "no created_at column"},
-		{"mark without published_at", func(c *reconciler.Config) { c.AckMode, c.Mapping.PublishedAt = reconciler.AckMark, "" }, "no published_at column"},
+		{"mark without published_at", func(c *reconciler.Config) { c.AckMode, c.Mapping.PublishedAt = outbox.AckMark, "" }, "no published_at column"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,7 +29,7 @@ const backfillBatch = 1000
 // gaps). A crash in the middle leaves the remaining rows to the reconciler.
 func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replication.Conn, acker rowAcker, log zerolog.Logger) error {
 	name := r.cfg.Slot
-	backfill := r.cfg.AckMode != AckNone
+	backfill := r.cfg.AckMode.RecordsDelivery()
 	created, err := repl.CreateSlot(ctx, name, backfill)
 	if err != nil {
 		return err
@@ -39,7 +39,7 @@ func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 		log.Info().Msg("ACK_MODE none: no backfill (the relay cannot tell which existing rows were delivered)")
 		return nil
 	}
-	n, err := r.backfill(ctx, created.SnapshotName, acker, log)
+	n, err := r.backfill(ctx, conn, created.SnapshotName, acker, log)
 	if err != nil {
 		if _, dropErr := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name); dropErr != nil {
 			log.Error().Err(dropErr).Str("slot", name).Msg("backfill failed and the new slot could not be dropped: rows not yet published will be swept by the reconciler")
@@ -51,11 +51,41 @@ func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 	return nil
 }
 
+// checkLeading returns errLostLeadership unless this instance's lock session
+// still holds the leader lock, as Postgres sees it now.
+func (r *Relay) checkLeading(ctx context.Context, conn *pgx.Conn) error {
+	var held bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND pid = $1)`, int64(r.lockPID)).Scan(&held)
+	if err != nil {
+		return fmt.Errorf("check the leader lock: %w", err)
+	}
+	if !held {
+		return fmt.Errorf("%w: the lock session (pid %d) no longer holds it; stopping the backfill", errLostLeadership, r.lockPID)
+	}
+	return nil
+}
+
+// beginInSnapshot begins a read-only transaction on conn that sees exactly
+// the exported snapshot of a slot just created.
+func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot string) (pgx.Tx, error) {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("begin a transaction in the slot's snapshot: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "''")+"'"); err != nil {
+		tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("import the slot's snapshot %q: %w", snapshot, err)
+	}
+	return tx, nil
+}
+
 // backfill publishes the unacked rows visible in the exported snapshot, in
-// created_at, id order, and acks each batch before the next.
-func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, log zerolog.Logger) (int, error) {
-	table := r.cfg.TableName()
-	mapping := outbox.DefaultMapping()
+// created_at, id order, and acks each batch before the next. No walsender
+// fences it (a new leader ends the old one's walsender, not its queries), so
+// before each batch it checks on conn that the leader lock is still held.
+func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, acker rowAcker, log zerolog.Logger) (int, error) {
+	table, mapping := r.table, r.mapping
 	started := time.Now()
 
 	snapConn, err := pgx.Connect(ctx, r.cfg.PGURL)
@@ -63,14 +93,11 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 		return 0, fmt.Errorf("connect for the backfill: %w", err)
 	}
 	defer snapConn.Close(context.WithoutCancel(ctx))
-	tx, err := snapConn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	tx, err := beginInSnapshot(ctx, snapConn, snapshot)
 	if err != nil {
-		return 0, fmt.Errorf("begin backfill transaction: %w", err)
+		return 0, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "''")+"'"); err != nil {
-		return 0, fmt.Errorf("import the slot's snapshot %q: %w", snapshot, err)
-	}
 	cols, err := rows.Lookup(ctx, tx, table, mapping)
 	if err != nil {
 		return 0, err
@@ -79,7 +106,8 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 	if cols.Has(mapping.CreatedAt) {
 		order = outbox.QuoteIdent(mapping.CreatedAt) + ", " + order
 	}
-	query := "SELECT " + cols.SelectList() + " FROM " + table.Quoted() + unackedWhere(r.cfg.AckMode) + " ORDER BY " + order
+	query := "SELECT " + cols.SelectList() + " FROM " + table.Quoted() +
+		" WHERE " + mapping.Unacked(cols.Has(mapping.PublishedAt)) + " ORDER BY " + order
 	result, err := tx.Query(ctx, query)
 	if err != nil {
 		return 0, fmt.Errorf("read rows to backfill: %w", err)
@@ -93,6 +121,9 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 		if len(batch) == 0 {
 			return nil
 		}
+		if err := r.checkLeading(ctx, conn); err != nil {
+			return err
+		}
 		delivered, err := r.delivery.deliver(ctx, batch)
 		if err != nil {
 			return err
@@ -102,7 +133,7 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 		for i := range batch {
 			ids = append(ids, string(batch[i].ID))
 		}
-		if err := acker.Ack(ctx, ids); err != nil {
+		if err := acker.Ack(ctx, ids, nil); err != nil {
 			return err
 		}
 		total += len(batch)

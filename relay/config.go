@@ -18,28 +18,18 @@ import (
 // EnvPrefix prefixes every configuration variable.
 const EnvPrefix = "OUTBOX_RELAY_"
 
-// AckMode says what the relay does to a row once Kafka acked its record.
-type AckMode string
-
-// The ack modes.
-const (
-	AckDelete AckMode = "delete" // delete the row
-	AckMark   AckMode = "mark"   // set published_at
-	AckNone   AckMode = "none"   // leave the row alone
-)
-
 // Config is the relay's whole configuration, read once from the environment.
 type Config struct {
-	PGURL            string        `env:"PG_URL,required,notEmpty"`
-	KafkaBrokers     []string      `env:"KAFKA_BROKERS" envSeparator:","`
-	Table            string        `env:"TABLE" envDefault:"public.outbox"`
-	Slot             string        `env:"SLOT" envDefault:"outbox_relay"`
-	Publication      string        `env:"PUBLICATION" envDefault:"outbox_relay"`
-	Topic            string        `env:"TOPIC" envDefault:"outbox.event.${aggregatetype}"`
-	AckMode          AckMode       `env:"ACK_MODE" envDefault:"delete"`
-	MaxInflightBytes int64         `env:"MAX_INFLIGHT_BYTES" envDefault:"67108864"`
-	StatusInterval   time.Duration `env:"STATUS_INTERVAL" envDefault:"1s"`
-	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
+	PGURL            string         `env:"PG_URL,required,notEmpty"`
+	KafkaBrokers     []string       `env:"KAFKA_BROKERS" envSeparator:","`
+	Table            string         `env:"TABLE" envDefault:"public.outbox"`
+	Slot             string         `env:"SLOT" envDefault:"outbox_relay"`
+	Publication      string         `env:"PUBLICATION" envDefault:"outbox_relay"`
+	Topic            string         `env:"TOPIC" envDefault:"outbox.event.${aggregatetype}"`
+	AckMode          outbox.AckMode `env:"ACK_MODE" envDefault:"delete"`
+	MaxInflightBytes int64          `env:"MAX_INFLIGHT_BYTES" envDefault:"67108864"`
+	StatusInterval   time.Duration  `env:"STATUS_INTERVAL" envDefault:"1s"`
+	LogLevel         string         `env:"LOG_LEVEL" envDefault:"info"`
 	// ShutdownTimeout bounds the drain after SIGTERM/SIGINT.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
 
@@ -102,7 +92,7 @@ func (c Config) Validate() error {
 		bad("TOPIC", "must not be empty")
 	}
 	switch c.AckMode {
-	case AckDelete, AckMark, AckNone:
+	case outbox.AckDelete, outbox.AckMark, outbox.AckNone:
 	default:
 		bad("ACK_MODE", "%q is not one of delete, mark, none", c.AckMode)
 	}
@@ -157,6 +147,11 @@ func (c Config) TableName() outbox.Table {
 	t, _ := outbox.ParseTable(c.Table)
 	return t
 }
+
+// Mapping returns the outbox table's column mapping. It is resolved here
+// once, and New, Setup and Status pass it down to every stage: making the
+// columns configurable is a change to Config alone.
+func (c Config) Mapping() outbox.Mapping { return outbox.DefaultMapping() }
 
 // nameVariables rewrites the parser's errors, which name struct fields, to
 // name the environment variables a user sets.

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
 func TestLoadConfigDefaults(t *testing.T) {
@@ -19,7 +21,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"SLOT", cfg.Slot, "outbox_relay"},
 		{"PUBLICATION", cfg.Publication, "outbox_relay"},
 		{"TOPIC", cfg.Topic, "outbox.event.${aggregatetype}"},
-		{"ACK_MODE", cfg.AckMode, AckDelete},
+		{"ACK_MODE", cfg.AckMode, outbox.AckDelete},
 		{"MAX_INFLIGHT_BYTES", cfg.MaxInflightBytes, int64(67108864)},
 		{"STATUS_INTERVAL", cfg.StatusInterval, time.Second},
 		{"LOG_LEVEL", cfg.LogLevel, "info"},

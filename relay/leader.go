@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
@@ -26,9 +27,22 @@ func lockKey(slot string) int64 {
 	return int64(h.Sum64())
 }
 
+// lockIdleTimeout is the idle_session_timeout of the lock session: Postgres
+// ends the session of a leader that stopped talking to it for this long,
+// which releases the lock. A frozen process (SIGSTOP, a paused VM or
+// container) still answers TCP keepalives from its kernel, so keepalives
+// alone never pass the lock on. The leader pings every second and a standby
+// tries the lock every LEADER_RETRY, so the timeout is a few of those; with
+// the default retry of 2s it is 5s, which leaves a standby the rest of a
+// 10 s takeover budget to acquire the lock and start streaming.
+func lockIdleTimeout(leaderRetry time.Duration) time.Duration {
+	return max(5*time.Second, 2*leaderRetry+time.Second)
+}
+
 // connectLockSession opens the dedicated session that holds the leader lock.
-// TCP keepalives make a dead peer visible within seconds, in both directions.
-func connectLockSession(ctx context.Context, pgURL string) (*pgx.Conn, error) {
+// TCP keepalives make a dead peer visible within seconds, in both directions,
+// and idle_session_timeout makes a frozen one visible (lockIdleTimeout).
+func connectLockSession(ctx context.Context, pgURL string, idleTimeout time.Duration, log zerolog.Logger) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(pgURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse OUTBOX_RELAY_PG_URL: %w", err)
@@ -50,6 +64,17 @@ func connectLockSession(ctx context.Context, pgURL string) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open leader lock session: %w", err)
 	}
+	// Set after connecting, not as a startup parameter, so that a server
+	// older than Postgres 14 (no idle_session_timeout) still lets the relay
+	// run, with a warning that a frozen leader keeps the lock there.
+	if _, err := conn.Exec(ctx, fmt.Sprintf("SET idle_session_timeout = %d", idleTimeout.Milliseconds())); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42704" { // undefined_object: no such setting
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("set idle_session_timeout on the leader lock session: %w", err)
+		}
+		log.Warn().Msg("this Postgres has no idle_session_timeout (before 14): a frozen leader keeps the leader lock until it is killed")
+	}
 	return conn, nil
 }
 
@@ -62,7 +87,7 @@ func (r *Relay) acquireLeadership(ctx context.Context, stop <-chan struct{}, log
 	retry := newBackoff(r.cfg.LeaderRetry, 30*time.Second)
 	for {
 		if conn == nil {
-			c, err := connectLockSession(ctx, r.cfg.PGURL)
+			c, err := connectLockSession(ctx, r.cfg.PGURL, lockIdleTimeout(r.cfg.LeaderRetry), log)
 			if err != nil {
 				r.health.setRole(RoleStandby, "")
 				r.health.setLockHealthy(false, err.Error())
@@ -148,7 +173,7 @@ func (r *Relay) watchLeadership(ctx context.Context, conn *pgx.Conn, log zerolog
 				return err
 			}
 		}
-		if r.cfg.AckMode != AckNone && now.Sub(lastAgeCheck) >= 5*time.Second {
+		if r.cfg.AckMode.RecordsDelivery() && now.Sub(lastAgeCheck) >= 5*time.Second {
 			lastAgeCheck = now
 			if err := r.measureOldestUnacked(ctx, conn); err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Msg("cannot measure the oldest unacked row")
@@ -222,9 +247,13 @@ func (r *Relay) checkSlotWAL(ctx context.Context, conn *pgx.Conn, log zerolog.Lo
 // measureOldestUnacked sets the age of the oldest row whose delivery is not
 // recorded yet.
 func (r *Relay) measureOldestUnacked(ctx context.Context, conn *pgx.Conn) error {
+	cols, err := replication.TableColumns(ctx, conn, r.table)
+	if err != nil {
+		return err
+	}
 	var age float64
-	err := conn.QueryRow(ctx, fmt.Sprintf("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(%s)), 0)::float8 FROM %s%s",
-		outbox.QuoteIdent(outbox.DefaultMapping().CreatedAt), r.cfg.TableName().Quoted(), unackedWhere(r.cfg.AckMode))).Scan(&age)
+	err = conn.QueryRow(ctx, fmt.Sprintf("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(%s)), 0)::float8 FROM %s WHERE %s",
+		outbox.QuoteIdent(r.mapping.CreatedAt), r.table.Quoted(), r.mapping.Unacked(hasColumn(cols, r.mapping.PublishedAt)))).Scan(&age)
 	if err != nil {
 		return err
 	}

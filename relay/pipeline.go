@@ -17,7 +17,9 @@ import (
 
 // rowAcker records in Postgres that rows were delivered (delete or mark).
 type rowAcker interface {
-	Ack(ctx context.Context, ids []string) error
+	// Ack records the rows of ids, delivered from the transactions of xids
+	// (none for rows read from a snapshot).
+	Ack(ctx context.Context, ids []string, xids []uint32) error
 }
 
 // batch is a run of events of one transaction, handed from the stream to the
@@ -26,6 +28,7 @@ type batch struct {
 	events []outbox.Event
 	bytes  int64
 	txn    uint64
+	xid    uint32 // the transaction's xid, for the acker's visibility wait
 }
 
 // pipeline connects the stages of one streaming session:
@@ -51,6 +54,7 @@ type pipeline struct {
 	// Owned by the stream goroutine.
 	cur        *batch
 	txn        uint64
+	xid        uint32
 	inTxn      bool
 	commitTime int64
 
@@ -143,7 +147,7 @@ func (p *pipeline) Message(ctx context.Context, walStart outbox.LSN, data []byte
 		if err != nil {
 			return fmt.Errorf("begin at %s: %w", walStart, err)
 		}
-		p.txn, p.inTxn, p.commitTime = txn, true, msg.CommitTime
+		p.txn, p.xid, p.inTxn, p.commitTime = txn, msg.Xid, true, msg.CommitTime
 	case decoder.KindInsert:
 		if !p.inTxn {
 			return fatalf("insert at %s outside a transaction", walStart)
@@ -151,7 +155,7 @@ func (p *pipeline) Message(ctx context.Context, walStart outbox.LSN, data []byte
 		ev.LSN, ev.CommitTime, ev.Txn = walStart, p.commitTime, p.txn
 		p.cur.events = p.cur.events[:n+1]
 		p.cur.bytes += int64(ev.Size())
-		p.cur.txn = p.txn
+		p.cur.txn, p.cur.xid = p.txn, p.xid
 		if len(p.cur.events) >= p.batchRecords || p.cur.bytes >= p.batchBytes {
 			return p.handOver()
 		}
@@ -334,18 +338,22 @@ func (p *pipeline) publishLoop(ctx context.Context) error {
 // ackLoop deletes or marks delivered rows, then settles them.
 func (p *pipeline) ackLoop(ctx context.Context) error {
 	var ids []string
+	var xids []uint32
 	for {
 		batches, err := p.take(ctx, &p.toAck, p.ackWake)
 		if err != nil {
 			return nil
 		}
-		ids = ids[:0]
+		ids, xids = ids[:0], xids[:0]
 		for _, b := range batches {
+			if len(xids) == 0 || xids[len(xids)-1] != b.xid {
+				xids = append(xids, b.xid)
+			}
 			for i := range b.events {
 				ids = append(ids, string(b.events[i].ID))
 			}
 		}
-		if err := p.acker.Ack(ctx, ids); err != nil {
+		if err := p.acker.Ack(ctx, ids, xids); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -433,7 +441,7 @@ func (p *pipeline) recycleLocked(b *batch) {
 	if len(p.free) >= maxFreeBatches {
 		return
 	}
-	b.events, b.bytes, b.txn = b.events[:0], 0, 0
+	b.events, b.bytes, b.txn, b.xid = b.events[:0], 0, 0, 0
 	p.free = append(p.free, b)
 }
 

@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -50,6 +49,14 @@ type Relay struct {
 	health   *Health
 	pub      Producer
 	delivery *deliverer
+	// table and mapping are the outbox table and its columns, resolved once
+	// from the configuration.
+	table   outbox.Table
+	mapping outbox.Mapping
+	// lockPID is the backend pid of the leader lock session while this
+	// instance leads: the backfill, which no walsender fences, checks
+	// before each batch that this session still holds the lock.
+	lockPID uint32
 
 	reconcilerOffLogged bool
 }
@@ -66,7 +73,8 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer, newProducer 
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
 	return &Relay{cfg: cfg, log: log, metrics: metrics, health: newHealth(cfg.HeartbeatInterval), pub: pub,
-		delivery: &deliverer{log: log.With().Str("component", "delivery").Logger(), pub: pub, metrics: metrics, dlqTopic: cfg.DLQTopic}}, nil
+		delivery: &deliverer{log: log.With().Str("component", "delivery").Logger(), pub: pub, metrics: metrics, dlqTopic: cfg.DLQTopic},
+		table: cfg.TableName(), mapping: cfg.Mapping()}, nil
 }
 
 // Close releases the Kafka producer.
@@ -107,6 +115,8 @@ func (r *Relay) Run(ctx context.Context, stop <-chan struct{}) error {
 // lead streams while this instance holds the leader lock.
 func (r *Relay) lead(ctx context.Context, stop <-chan struct{}, lock *pgx.Conn, log zerolog.Logger) error {
 	r.metrics.leader.Set(1)
+	r.lockPID = lock.PgConn().PID()
+	defer func() { r.lockPID = 0 }()
 	leaderCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	watchDone := make(chan error, 1)
@@ -130,15 +140,21 @@ func (r *Relay) lead(ctx context.Context, stop <-chan struct{}, lock *pgx.Conn, 
 func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 	log := r.log.With().Str("component", "relay").Logger()
 	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
-	var busySince time.Time
 	for {
 		started := time.Now()
 		err := r.session(ctx, stop)
 		if err == nil {
 			return nil
 		}
-		if isFatal(err) || errors.Is(err, replication.ErrDrainTimeout) {
+		if isFatal(err) || errors.Is(err, replication.ErrDrainTimeout) || errors.Is(err, errLostLeadership) {
 			return err
+		}
+		select {
+		case <-stop:
+			// The session ended in error during a graceful stop: its final
+			// position was not confirmed, which is not a clean stop.
+			return fmt.Errorf("graceful stop: %w", err)
+		default:
 		}
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -155,17 +171,15 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 		r.metrics.reconnects.Inc()
 		var active *replication.SlotActiveError
 		if errors.As(err, &active) {
-			if busySince.IsZero() {
-				busySince = time.Now()
-			}
 			r.health.setRole(RoleStarting, err.Error())
-			log.Warn().Err(err).Dur("retry_in", delay).Dur("busy_for", time.Since(busySince)).
-				Msg("holding the leader lock but the slot is still active (a previous leader's walsender?); waiting")
-			if time.Since(busySince) > staleWalsenderAfter {
-				r.terminateStaleWalsender(ctx, log)
-			}
+			// This instance holds the leader lock, so whoever holds the slot
+			// is a previous leader that lost it (frozen, partitioned, or
+			// gone while its walsender has not noticed yet): end it now
+			// rather than wait for wal_sender_timeout.
+			log.Warn().Err(err).Dur("retry_in", delay).
+				Msg("holding the leader lock but the slot is still active (a previous leader's walsender); terminating it")
+			r.terminateStaleWalsender(ctx, log)
 		} else {
-			busySince = time.Time{}
 			r.health.setRole(RoleStarting, err.Error())
 			log.Error().Err(err).Dur("retry_in", delay).Msg("streaming session failed; reconnecting")
 		}
@@ -179,12 +193,6 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 	}
 }
 
-// staleWalsenderAfter is how long the leader waits for a slot to become
-// inactive before it terminates the walsender holding it: longer than the
-// default wal_sender_timeout (60 s), after which Postgres would have ended a
-// walsender whose client is truly gone.
-const staleWalsenderAfter = 75 * time.Second
-
 // terminateStaleWalsender ends the walsender still holding our slot. Only the
 // leader calls it, so the process on the other end cannot be a live leader.
 func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger) {
@@ -197,6 +205,9 @@ func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger)
 	var ok *bool
 	err = conn.QueryRow(ctx, `SELECT active_pid, pg_terminate_backend(active_pid)
 		FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, r.cfg.Slot).Scan(&pid, &ok)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return // it ended by itself meanwhile
+	}
 	if err != nil {
 		log.Warn().Err(err).Msg("cannot terminate the stale walsender")
 		return
@@ -208,8 +219,7 @@ func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger)
 func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	cfg := r.cfg
 	log := r.log.With().Str("component", "replication").Logger()
-	table := cfg.TableName()
-	mapping := outbox.DefaultMapping()
+	table, mapping := r.table, r.mapping
 
 	conn, err := pgx.Connect(ctx, cfg.PGURL)
 	if err != nil {
@@ -220,11 +230,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	if err := replication.CheckServer(ctx, conn); err != nil {
 		return err
 	}
-	ackColumn := ""
-	if cfg.AckMode == AckMark {
-		ackColumn = mapping.PublishedAt
-	}
-	cols, err := replication.CheckTable(ctx, conn, table, mapping, ackColumn)
+	cols, err := replication.CheckTable(ctx, conn, table, mapping, cfg.AckMode)
 	if err != nil {
 		return err
 	}
@@ -243,8 +249,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	defer repl.Close(context.WithoutCancel(ctx))
 
 	var acker rowAcker
-	switch cfg.AckMode {
-	case AckDelete, AckMark:
+	if cfg.AckMode.RecordsDelivery() {
 		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode, log, r.metrics.ackMissing)
 	}
 	slot, err := r.ensureSlot(ctx, conn, repl, acker, log)
@@ -296,7 +301,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 		rec, err := reconciler.New(reconciler.Config{
 			Table:    table,
 			Mapping:  mapping,
-			AckMode:  string(cfg.AckMode),
+			AckMode:  cfg.AckMode,
 			Grace:    cfg.ReconcileGrace,
 			Interval: cfg.ReconcileInterval,
 			Batch:    cfg.ReconcileBatch,
@@ -312,10 +317,71 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	}
 	err = g.Wait()
 	if err == nil {
+		err = r.checkConfirmed(ctx, conn, tracker.Watermark())
+	}
+	if err == nil {
 		log.Info().Str("lsn", tracker.Watermark().String()).Msg("final position confirmed")
+	}
+	var broken *decoder.MappingError
+	if errors.As(err, &broken) {
+		return mappingBroken(broken, tracker.Watermark())
 	}
 	return err
 }
+
+// mappingBroken is the error that stops the relay when the outbox table,
+// as the WAL describes it from some point on, no longer fits the column
+// mapping. Retrying cannot help: every restart meets the same Relation
+// message again. Nothing is lost by stopping: the rows written since are
+// still in the table, unacked.
+func mappingBroken(e *decoder.MappingError, confirmed outbox.LSN) error {
+	column := e.Column
+	if column == "" {
+		return fatalf("%v; the way out: map a column for %s, then start the relay again", e, e.Field)
+	}
+	return fatalf("%v (the table was altered after position %s); the way out: rename or retype column %q back "+
+		"(ALTER TABLE %s RENAME COLUMN … TO %s, or ALTER COLUMN %s TYPE …) or map the new column, then start the relay again; "+
+		"if it stops here again (rows were written while the column was changed, and the WAL describes them with the old table), "+
+		"run `outbox-relay setup --recreate-slot` and start it: the backfill delivers those rows from the table",
+		e, confirmed, column, e.Table, outbox.QuoteIdent(column), outbox.QuoteIdent(column))
+}
+
+// finalConfirmWait bounds how long a graceful stop waits for the server to
+// show the final position it was sent.
+const finalConfirmWait = 5 * time.Second
+
+// checkConfirmed makes sure, after a graceful stop, that the slot shows the
+// final position: a standby status written to a connection that broke
+// meanwhile is not a confirmation, and a stop that says "confirmed" must
+// not leave the next start to repeat what was delivered.
+func (r *Relay) checkConfirmed(ctx context.Context, conn *pgx.Conn, final outbox.LSN) error {
+	deadline := time.Now().Add(finalConfirmWait)
+	for {
+		slot, ok, err := replication.LookupSlot(ctx, conn, r.cfg.Slot)
+		if err != nil {
+			return fmt.Errorf("graceful stop: check the final position %s: %w", final, err)
+		}
+		if !ok {
+			return fatalf("graceful stop: slot %q disappeared before its final position %s was confirmed", r.cfg.Slot, final)
+		}
+		if slot.ConfirmedFlushLSN >= final {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("graceful stop: slot %q shows %s, not the final position %s, %s after it was sent: %w",
+				r.cfg.Slot, slot.ConfirmedFlushLSN, final, finalConfirmWait, errFinalUnconfirmed)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// errFinalUnconfirmed marks a graceful stop whose final position the server
+// never showed; the records after the shown one are sent again next time.
+var errFinalUnconfirmed = errors.New("final position not confirmed")
 
 // ensureSlot returns the slot, creating it when missing and refusing one the
 // relay must not use. An existing slot is never dropped or recreated.
@@ -340,64 +406,6 @@ func (r *Relay) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 		return slot, &replication.SlotActiveError{Slot: name, Detail: fmt.Sprintf("active_pid %d", slot.ActivePID)}
 	}
 	return slot, nil
-}
-
-// tableAcker deletes or marks delivered rows with one statement per batch.
-type tableAcker struct {
-	conn    *pgx.Conn
-	sql     string
-	log     zerolog.Logger
-	missing prometheus.Counter
-}
-
-func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType string, mode AckMode, log zerolog.Logger, missing prometheus.Counter) *tableAcker {
-	// The ids travel as text[] (pgx encodes []string to it directly; asking
-	// for uuid[] made it try and fail a binary encoding per call) and are cast
-	// to the id column's own type so the primary key index is used.
-	ids := fmt.Sprintf("%s = ANY($1::text[]::%s[])", outbox.QuoteIdent(m.ID), strings.TrimSuffix(idType, "[]"))
-	sql := fmt.Sprintf("DELETE FROM %s WHERE %s", table.Quoted(), ids)
-	if mode == AckMark {
-		published := outbox.QuoteIdent(m.PublishedAt)
-		sql = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s AND %s IS NULL", table.Quoted(), published, ids, published)
-	}
-	return &tableAcker{conn: conn, sql: sql, log: log, missing: missing}
-}
-
-// ackVisibilityWait bounds how long Ack waits for rows it could not find.
-// The walsender may send a transaction a moment before its commit is visible
-// to other sessions (the commit record is flushed before the committing
-// backend leaves the proc array), so a delete right after the Kafka ack can
-// miss a row that is about to appear. Ack retries the statement until every
-// row matched or this much time passed; a row still missing then was deleted
-// or marked before (a transaction re-sent after a restart).
-const ackVisibilityWait = 2 * time.Second
-
-func (a *tableAcker) Ack(ctx context.Context, ids []string) error {
-	matched := int64(0)
-	delay := time.Millisecond
-	deadline := time.Now().Add(ackVisibilityWait)
-	for {
-		tag, err := a.conn.Exec(ctx, a.sql, ids)
-		if err != nil {
-			return fmt.Errorf("record delivery of %d rows: %w", len(ids), err)
-		}
-		matched += tag.RowsAffected()
-		if matched >= int64(len(ids)) {
-			return nil
-		}
-		if time.Now().Add(delay).After(deadline) {
-			missing := int64(len(ids)) - matched
-			a.missing.Add(float64(missing))
-			a.log.Debug().Int64("rows", missing).Msg("delivered rows already deleted or marked (re-sent after a restart?)")
-			return nil
-		}
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		delay *= 2
-	}
 }
 
 // backoff grows a delay exponentially between min and max.

@@ -30,7 +30,7 @@ type SetupOptions struct {
 // slot with an exported snapshot and publishes them before streaming, can
 // deliver them with no gap and no double.
 func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, opts SetupOptions) error {
-	table := cfg.TableName()
+	table, mapping := cfg.TableName(), cfg.Mapping()
 	conn, err := pgx.Connect(ctx, cfg.PGURL)
 	if err != nil {
 		return fmt.Errorf("connect to Postgres: %w", err)
@@ -48,11 +48,8 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 		}
 		fmt.Fprintf(out, "table %s: created\n", table)
 	}
-	ackColumn := ""
-	if cfg.AckMode == AckMark {
-		ackColumn = outbox.DefaultMapping().PublishedAt
-	}
-	if _, err := replication.CheckTable(ctx, conn, table, outbox.DefaultMapping(), ackColumn); err != nil {
+	cols, err := replication.CheckTable(ctx, conn, table, mapping, cfg.AckMode)
+	if err != nil {
 		return err
 	}
 	created, err := replication.EnsurePublication(ctx, conn, cfg.Publication, table)
@@ -84,42 +81,84 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 		fmt.Fprintf(out, "slot %s: exists (confirmed %s)\n", cfg.Slot, slot.ConfirmedFlushLSN)
 		return nil
 	}
-	if cfg.AckMode != AckNone {
-		var unacked int64
-		if err := conn.QueryRow(ctx, countUnackedSQL(table, cfg.AckMode)).Scan(&unacked); err != nil {
-			return fmt.Errorf("count unacked rows of %s: %w", table, err)
+	leaveToRun := func(unacked int64) {
+		fmt.Fprintf(out, "slot %s: left to `outbox-relay run`, which creates it and first publishes the %d unacked row(s) already in %s (backfill)\n",
+			cfg.Slot, unacked, table)
+	}
+	hasPublishedAt := hasColumn(cols, mapping.PublishedAt)
+	if opts.RecreateSlot && cfg.AckMode.RecordsDelivery() {
+		unacked, err := countUnacked(ctx, conn, table, mapping, hasPublishedAt)
+		if err != nil {
+			return err
 		}
-		if unacked > 0 || opts.RecreateSlot {
-			fmt.Fprintf(out, "slot %s: left to `outbox-relay run`, which creates it and first publishes the %d unacked row(s) already in %s (backfill)\n",
-				cfg.Slot, unacked, table)
-			return nil
-		}
+		leaveToRun(unacked)
+		return nil
 	}
 	repl, err := replication.Connect(ctx, cfg.PGURL, log)
 	if err != nil {
 		return err
 	}
 	defer repl.Close(context.WithoutCancel(ctx))
-	res, err := repl.CreateSlot(ctx, cfg.Slot, false)
+	res, err := repl.CreateSlot(ctx, cfg.Slot, cfg.AckMode.RecordsDelivery())
 	if err != nil {
 		return err
+	}
+	if cfg.AckMode.RecordsDelivery() {
+		// Counted in the slot's own snapshot: a row committed before the
+		// slot's consistent point is counted here, one after it is in the
+		// stream. Counting before creating the slot would miss a
+		// transaction committing in between, which neither the stream nor
+		// a backfill would then deliver.
+		unacked, err := countUnackedInSnapshot(ctx, conn, res.SnapshotName, table, mapping, hasPublishedAt)
+		if err != nil {
+			return err
+		}
+		if unacked > 0 {
+			// Only `run`, which can publish, may create a slot with rows
+			// behind it: it backfills them from the slot's snapshot.
+			repl.Close(context.WithoutCancel(ctx)) // releases the snapshot
+			if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", cfg.Slot); err != nil {
+				return fmt.Errorf("drop slot %q created moments ago, to leave it to `outbox-relay run`: %w", cfg.Slot, err)
+			}
+			leaveToRun(unacked)
+			return nil
+		}
 	}
 	fmt.Fprintf(out, "slot %s: created at %s\n", cfg.Slot, res.ConsistentPoint)
 	return nil
 }
 
-// countUnackedSQL counts the rows whose delivery is not recorded.
-func countUnackedSQL(table outbox.Table, mode AckMode) string {
-	return "SELECT count(*) FROM " + table.Quoted() + unackedWhere(mode)
+// countUnackedInSnapshot counts the unacked rows visible in the exported
+// snapshot, on conn (a second connection: the exporting one must stay idle).
+func countUnackedInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot string, table outbox.Table, m outbox.Mapping, hasPublishedAt bool) (int64, error) {
+	tx, err := beginInSnapshot(ctx, conn, snapshot)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	return countUnacked(ctx, tx, table, m, hasPublishedAt)
 }
 
-// unackedWhere is the WHERE clause selecting rows whose delivery is not
-// recorded: every row with ACK_MODE delete, unmarked rows with mark.
-func unackedWhere(mode AckMode) string {
-	if mode == AckMark {
-		return " WHERE " + outbox.QuoteIdent(outbox.DefaultMapping().PublishedAt) + " IS NULL"
+// countUnacked counts the rows whose delivery is not recorded.
+func countUnacked(ctx context.Context, q querier, table outbox.Table, m outbox.Mapping, hasPublishedAt bool) (int64, error) {
+	var n int64
+	err := q.QueryRow(ctx, "SELECT count(*) FROM "+table.Quoted()+" WHERE "+m.Unacked(hasPublishedAt)).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count unacked rows of %s: %w", table, err)
 	}
-	return ""
+	return n, nil
+}
+
+// querier runs a one-row query: *pgx.Conn and pgx.Tx are queriers.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// hasColumn reports whether the table has the column; an unnamed column
+// ("" in the mapping) it never has.
+func hasColumn(cols map[string]replication.Column, name string) bool {
+	_, ok := cols[name]
+	return name != "" && ok
 }
 
 func orUnknown(s string) string {

@@ -88,8 +88,8 @@ type StatusReport struct {
 	Table       string `json:"table"`
 	TableExists bool   `json:"table_exists"`
 	AckMode     string `json:"ack_mode"`
-	// UnackedRows counts the rows whose delivery is not yet recorded: all
-	// rows with ACK_MODE delete, those with a NULL published_at with mark.
+	// UnackedRows counts the rows whose delivery is not yet recorded
+	// (outbox.Mapping.Unacked): present rows whose published_at is NULL.
 	UnackedRows          *int64   `json:"unacked_rows"`
 	OldestUnackedSeconds *float64 `json:"oldest_unacked_seconds"`
 
@@ -152,7 +152,7 @@ func Status(ctx context.Context, cfg Config) (StatusReport, error) {
 	if err := r.readPublication(ctx, conn, table); err != nil {
 		return r, err
 	}
-	oldest, err := r.readTable(ctx, conn, table, cfg.AckMode, trackCommitTimestamp == "on")
+	oldest, err := r.readTable(ctx, conn, table, cfg.Mapping(), cfg.AckMode, trackCommitTimestamp == "on")
 	if err != nil {
 		return r, err
 	}
@@ -261,7 +261,7 @@ type unackedRow struct {
 
 // readTable fills the table's fields and returns the oldest unacked row's
 // age for the lag (nil when unknown or there is none).
-func (r *StatusReport) readTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, mode AckMode, commitTimestamps bool) (*unackedRow, error) {
+func (r *StatusReport) readTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, mapping outbox.Mapping, mode outbox.AckMode, commitTimestamps bool) (*unackedRow, error) {
 	cols, err := replication.TableColumns(ctx, conn, table)
 	if errors.Is(err, replication.ErrRefused) {
 		r.warn("table %s does not exist: run `outbox-relay setup`", table)
@@ -272,23 +272,18 @@ func (r *StatusReport) readTable(ctx context.Context, conn *pgx.Conn, table outb
 	}
 	r.TableExists = true
 
-	mapping := outbox.DefaultMapping()
-	var where string
-	switch mode {
-	case AckDelete:
-	case AckMark:
-		if _, ok := cols[mapping.PublishedAt]; !ok {
-			r.warn("table %s has no column %s, which ACK_MODE mark needs", table, mapping.PublishedAt)
-			return nil, nil
-		}
-		where = " WHERE " + outbox.QuoteIdent(mapping.PublishedAt) + " IS NULL"
-	default: // none: nothing records a delivery, so nothing is "unacked"
+	if !mode.RecordsDelivery() { // none: nothing records a delivery, so nothing is "unacked"
 		return nil, nil
 	}
-
-	var count int64
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+table.Quoted()+where).Scan(&count); err != nil {
-		return nil, fmt.Errorf("count unacked rows of %s: %w", table, err)
+	hasPublishedAt := hasColumn(cols, mapping.PublishedAt)
+	if mode == outbox.AckMark && !hasPublishedAt {
+		r.warn("table %s has no column %s, which ACK_MODE mark needs", table, mapping.PublishedAt)
+		return nil, nil
+	}
+	where := " WHERE " + mapping.Unacked(hasPublishedAt)
+	count, err := countUnacked(ctx, conn, table, mapping, hasPublishedAt)
+	if err != nil {
+		return nil, err
 	}
 	r.UnackedRows = &count
 	if _, ok := cols[mapping.CreatedAt]; !ok || count == 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outbox-relay/outbox-relay/internal/devenv"
+	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/sql"
 )
 
@@ -176,7 +177,7 @@ func TestStatus(t *testing.T) {
 	t.Run("ack mode mark counts unmarked rows", func(t *testing.T) {
 		env.exec(t, ctx, "UPDATE outbox SET published_at = now() WHERE aggregateid IN ('1', '2', '3')")
 		mark := cfg
-		mark.AckMode = AckMark
+		mark.AckMode = outbox.AckMark
 		r := env.status(t, ctx, mark)
 		if r.UnackedRows == nil || *r.UnackedRows != 7 {
 			t.Errorf("unacked rows = %v, want 7", r.UnackedRows)
@@ -188,7 +189,7 @@ func TestStatus(t *testing.T) {
 
 	t.Run("ack mode none", func(t *testing.T) {
 		none := cfg
-		none.AckMode = AckNone
+		none.AckMode = outbox.AckNone
 		r := env.status(t, ctx, none)
 		if r.UnackedRows != nil || r.OldestUnackedSeconds != nil {
 			t.Errorf("unacked rows, oldest = %v, %v, want nil with ACK_MODE none", r.UnackedRows, r.OldestUnackedSeconds)

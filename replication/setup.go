@@ -89,16 +89,16 @@ func TableColumns(ctx context.Context, conn *pgx.Conn, table outbox.Table) (map[
 	return cols, nil
 }
 
-// CheckTable refuses a table that lacks a column the mapping needs. ackColumn
-// is the column the ack mode writes ("" for none).
-func CheckTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, m outbox.Mapping, ackColumn string) (map[string]Column, error) {
+// CheckTable refuses a table that lacks a column the mapping needs, counting
+// the published_at column that ACK_MODE mark writes.
+func CheckTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, m outbox.Mapping, mode outbox.AckMode) (map[string]Column, error) {
 	cols, err := TableColumns(ctx, conn, table)
 	if err != nil {
 		return nil, err
 	}
 	required := []string{m.ID, m.AggregateType, m.AggregateID, m.Type, m.Payload}
-	if ackColumn != "" {
-		required = append(required, ackColumn)
+	if mode == outbox.AckMark {
+		required = append(required, m.PublishedAt)
 	}
 	var missing []string
 	for _, name := range required {
@@ -109,7 +109,38 @@ func CheckTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, m outbo
 	if len(missing) > 0 {
 		return nil, refuse("table %s has no column %s, which the relay needs", table, strings.Join(missing, ", "))
 	}
+	if err := checkIDColumn(ctx, conn, table, m.ID); err != nil {
+		return nil, err
+	}
 	return cols, nil
+}
+
+// checkIDColumn refuses an id column that can be NULL or repeat: the relay
+// deletes or marks a delivered row by its id, and consumers de-duplicate by
+// it, so each row needs its own.
+func checkIDColumn(ctx context.Context, conn *pgx.Conn, table outbox.Table, column string) error {
+	var notNull, unique bool
+	err := conn.QueryRow(ctx, `
+		SELECT a.attnotnull, EXISTS (
+			SELECT 1 FROM pg_index i
+			WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indpred IS NULL
+			  AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum)
+		FROM pg_attribute a
+		WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped`, table.Quoted(), column).
+		Scan(&notNull, &unique)
+	if err != nil {
+		return fmt.Errorf("read constraints of %s column %q: %w", table, column, err)
+	}
+	quoted := outbox.QuoteIdent(column)
+	switch {
+	case !notNull:
+		return refuse("table %s: id column %q is nullable, and the relay records each delivery by id: run ALTER TABLE %s ALTER COLUMN %s SET NOT NULL (better: ADD PRIMARY KEY (%s))",
+			table, column, table.Quoted(), quoted, quoted)
+	case !unique:
+		return refuse("table %s: id column %q is not unique, and the relay records each delivery by id: run ALTER TABLE %s ADD PRIMARY KEY (%s) (or CREATE UNIQUE INDEX ON %s (%s))",
+			table, column, table.Quoted(), quoted, table.Quoted(), quoted)
+	}
+	return nil
 }
 
 // EnsurePublication creates the publication for table (inserts only) when it

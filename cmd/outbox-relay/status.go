@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
@@ -110,7 +111,7 @@ func printStatus(out io.Writer, r relay.StatusReport) error {
 	row("table", r.Table)
 	row("table exists", yesNo(r.TableExists))
 	row("ack mode", r.AckMode)
-	if r.AckMode == string(relay.AckNone) {
+	if r.AckMode == string(outbox.AckNone) {
 		row("unacked rows", "n/a (ACK_MODE none)")
 		row("oldest unacked", "n/a (ACK_MODE none)")
 	} else {

@@ -1,0 +1,103 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+)
+
+// tableAcker deletes or marks delivered rows with one statement per batch.
+type tableAcker struct {
+	conn    *pgx.Conn
+	sql     string
+	log     zerolog.Logger
+	missing prometheus.Counter
+}
+
+func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType string, mode outbox.AckMode, log zerolog.Logger, missing prometheus.Counter) *tableAcker {
+	// The ids travel as text[] (pgx encodes []string to it directly; asking
+	// for uuid[] made it try and fail a binary encoding per call) and are cast
+	// to the id column's own type so the primary key index is used.
+	ids := fmt.Sprintf("%s = ANY($1::text[]::%s[])", outbox.QuoteIdent(m.ID), strings.TrimSuffix(idType, "[]"))
+	record := fmt.Sprintf("DELETE FROM %s WHERE %s", table.Quoted(), ids)
+	if mode == outbox.AckMark {
+		published := outbox.QuoteIdent(m.PublishedAt)
+		record = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s AND %s IS NULL", table.Quoted(), published, ids, published)
+	}
+	// One statement, so one snapshot, both records the rows and counts the
+	// transactions ($2, 32-bit xids) that snapshot does not see as completed
+	// yet. pg_visible_in_snapshot asks the snapshot itself (the proc array),
+	// not the commit log: under synchronous replication a commit is in the
+	// commit log while the committing backend still waits for the standby
+	// and its rows are invisible to everyone else. A 32-bit xid is placed by
+	// its distance from the snapshot's xmin, modulo 2^32 as Postgres compares
+	// xids: a transaction still running is at or after xmin, one before it
+	// has completed.
+	sql := `WITH recorded AS (` + record + ` RETURNING 1),
+		snap AS (SELECT pg_current_snapshot() AS s, pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
+		placed AS (SELECT s, xmin, (((x - (xmin & 4294967295) + 2147483648) % 4294967296 + 4294967296) % 4294967296) - 2147483648 AS after_xmin
+			FROM snap, unnest($2::bigint[]) AS x)
+		SELECT (SELECT count(*) FROM recorded),
+			(SELECT count(*) FROM placed WHERE after_xmin >= 0 AND NOT pg_visible_in_snapshot((xmin + after_xmin)::text::xid8, s))`
+	return &tableAcker{conn: conn, sql: sql, log: log, missing: missing}
+}
+
+// maxVisibilityPoll is the longest pause between two tries of a batch whose
+// transaction is still in progress.
+const maxVisibilityPoll = 100 * time.Millisecond
+
+// Ack deletes or marks the rows of ids, delivered from the transactions
+// xids (their pgoutput Begin xids; none for rows read from a snapshot,
+// which are committed). The walsender may send a transaction before its
+// commit is visible to other sessions (the commit record is flushed before
+// the committing backend leaves the proc array, and under synchronous
+// replication it stays in it until the standby confirmed), so a row not
+// found may be one about to appear. Ack decides by the transactions: while
+// one is still in progress it tries again, for as long as that takes; once
+// all completed, a row still missing is gone for good (deleted or marked
+// before: a transaction re-sent after a restart, a second slot, an
+// application that deletes its own row) and is counted, not waited for.
+func (a *tableAcker) Ack(ctx context.Context, ids []string, xids []uint32) error {
+	wide := make([]int64, len(xids))
+	for i, x := range xids {
+		wide[i] = int64(x)
+	}
+	matched := int64(0)
+	delay := time.Millisecond
+	started := time.Now()
+	warned := false
+	for {
+		var recorded, inProgress int64
+		if err := a.conn.QueryRow(ctx, a.sql, ids, wide).Scan(&recorded, &inProgress); err != nil {
+			return fmt.Errorf("record delivery of %d rows: %w", len(ids), err)
+		}
+		matched += recorded
+		if matched >= int64(len(ids)) {
+			return nil
+		}
+		if inProgress == 0 {
+			missing := int64(len(ids)) - matched
+			a.missing.Add(float64(missing))
+			a.log.Debug().Int64("rows", missing).Msg("delivered rows already deleted or marked (re-sent after a restart, or removed by their own transaction)")
+			return nil
+		}
+		if waited := time.Since(started); waited > 5*time.Second && !warned {
+			warned = true
+			a.log.Warn().Int64("transactions", inProgress).Int64("rows", int64(len(ids))-matched).Dur("waited", waited).
+				Uints32("xids", xids).Msg("delivered rows are not visible yet: their transaction is still committing (a synchronous standby?); waiting for it")
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		delay = min(delay*2, maxVisibilityPoll)
+	}
+}
