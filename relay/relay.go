@@ -74,7 +74,7 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer, newProducer 
 	}
 	return &Relay{cfg: cfg, log: log, metrics: metrics, health: newHealth(cfg.HeartbeatInterval), pub: pub,
 		delivery: &deliverer{log: log.With().Str("component", "delivery").Logger(), pub: pub, metrics: metrics, dlqTopic: cfg.DLQTopic},
-		table: cfg.TableName(), mapping: cfg.Mapping()}, nil
+		table:    cfg.TableName(), mapping: cfg.Mapping()}, nil
 }
 
 // Close releases the Kafka producer.
