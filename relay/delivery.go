@@ -33,6 +33,8 @@ type deliverer struct {
 	pub      Producer
 	metrics  *Metrics
 	dlqTopic string
+	// lease fences every produce call by the leader lock (nil: unfenced).
+	lease *leaderLease
 }
 
 // deliver publishes events to their topics and the ones that cannot go
@@ -57,6 +59,9 @@ func (d *deliverer) deliver(ctx context.Context, events []outbox.Event) (int, er
 		if index != nil {
 			toPublish, index = append(toPublish, events[i]), append(index, i)
 		}
+	}
+	if err := d.lease.wait(ctx); err != nil {
+		return 0, err
 	}
 	failures, err := d.pub.Publish(ctx, toPublish)
 	if err != nil {
@@ -94,6 +99,9 @@ func (d *deliverer) deadLetter(ctx context.Context, dead []outbox.DeadLetter) er
 	for i := range dead {
 		// An invalid name is kept too: it says what the row asked for.
 		dead[i].OriginalTopic, _ = d.pub.Topic(dead[i].Event)
+	}
+	if err := d.lease.wait(ctx); err != nil {
+		return err
 	}
 	failures, err := d.pub.PublishDeadLetters(ctx, d.dlqTopic, dead)
 	if err != nil {

@@ -99,6 +99,7 @@ func (r *Relay) acquireLeadership(ctx context.Context, stop <-chan struct{}, log
 		}
 		if conn != nil {
 			var got bool
+			asked := time.Now()
 			err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got)
 			switch {
 			case err != nil:
@@ -107,6 +108,7 @@ func (r *Relay) acquireLeadership(ctx context.Context, stop <-chan struct{}, log
 				conn.Close(context.WithoutCancel(ctx))
 				conn = nil
 			case got:
+				r.delivery.lease.renew(asked)
 				log.Info().Str("slot", r.cfg.Slot).Int64("lock_key", key).Msg("leader lock acquired")
 				return conn, nil
 			default:
@@ -156,9 +158,11 @@ func (r *Relay) watchLeadership(ctx context.Context, conn *pgx.Conn, log zerolog
 			if ctx.Err() != nil {
 				return nil
 			}
+			r.delivery.lease.end()
 			log.Error().Err(err).Msg("leader lock session broke: stopping the stream at once")
 			return fmt.Errorf("%w: %v", errLostLeadership, err)
 		}
+		r.delivery.lease.renew(now)
 		if r.cfg.HeartbeatInterval > 0 && now.Sub(lastHeartbeat) >= r.cfg.HeartbeatInterval {
 			lastHeartbeat = now
 			if err := r.heartbeat(ctx, conn); err != nil && ctx.Err() == nil {

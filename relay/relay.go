@@ -73,8 +73,9 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer, newProducer 
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
 	return &Relay{cfg: cfg, log: log, metrics: metrics, health: newHealth(cfg.HeartbeatInterval), pub: pub,
-		delivery: &deliverer{log: log.With().Str("component", "delivery").Logger(), pub: pub, metrics: metrics, dlqTopic: cfg.DLQTopic},
-		table:    cfg.TableName(), mapping: cfg.Mapping()}, nil
+		delivery: &deliverer{log: log.With().Str("component", "delivery").Logger(), pub: pub, metrics: metrics, dlqTopic: cfg.DLQTopic,
+			lease: newLeaderLease(lockIdleTimeout(cfg.LeaderRetry))},
+		table: cfg.TableName(), mapping: cfg.Mapping()}, nil
 }
 
 // Close releases the Kafka producer.
@@ -116,7 +117,7 @@ func (r *Relay) Run(ctx context.Context, stop <-chan struct{}) error {
 func (r *Relay) lead(ctx context.Context, stop <-chan struct{}, lock *pgx.Conn, log zerolog.Logger) error {
 	r.metrics.leader.Set(1)
 	r.lockPID = lock.PgConn().PID()
-	defer func() { r.lockPID = 0 }()
+	defer func() { r.lockPID = 0; r.delivery.lease.end() }()
 	leaderCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	watchDone := make(chan error, 1)
@@ -215,6 +216,37 @@ func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger)
 	log.Warn().Int32("pid", *pid).Bool("terminated", ok != nil && *ok).Msg("terminated the stale walsender holding the slot")
 }
 
+// staleWalsenderExit bounds the wait for a terminated walsender to let go of
+// the slot; past it the session goes on and ensureSlot reports the slot as
+// active, which retries.
+const staleWalsenderExit = 5 * time.Second
+
+// releaseSlot ends the walsender of a previous leader that still holds the
+// slot, and waits until the slot is free. Only the leader calls it.
+func (r *Relay) releaseSlot(ctx context.Context, conn *pgx.Conn, log zerolog.Logger) error {
+	deadline := time.Now().Add(staleWalsenderExit)
+	for terminated := false; ; {
+		slot, ok, err := replication.LookupSlot(ctx, conn, r.cfg.Slot)
+		if err != nil {
+			return err
+		}
+		if !ok || !slot.Active || time.Now().After(deadline) {
+			return nil
+		}
+		if !terminated {
+			log.Warn().Int32("pid", slot.ActivePID).Str("lsn", slot.ConfirmedFlushLSN.String()).
+				Msg("holding the leader lock but the slot is still active (a previous leader's walsender); terminating it")
+			r.terminateStaleWalsender(ctx, log)
+			terminated = true
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
 // session runs one streaming session: connect, check, stream until it ends.
 func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	cfg := r.cfg
@@ -242,6 +274,12 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 		log.Info().Str("publication", cfg.Publication).Str("table", table.String()).Msg("created publication")
 	}
 
+	// A previous leader's walsender still holding the slot is ended before
+	// this session opens its own replication connection, so two walsenders
+	// never serve the slot's stream side by side.
+	if err := r.releaseSlot(ctx, conn, log); err != nil {
+		return err
+	}
 	repl, err := replication.Connect(ctx, cfg.PGURL, log)
 	if err != nil {
 		return err
