@@ -79,6 +79,17 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 	if cols.Has(mapping.CreatedAt) {
 		order = outbox.QuoteIdent(mapping.CreatedAt) + ", " + order
 	}
+	// The count sees the same snapshot as the read below, so done/rows is
+	// the backfill's exact progress.
+	var expected int64
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+table.Quoted()+unackedWhere(r.cfg.AckMode)).Scan(&expected); err != nil {
+		return 0, fmt.Errorf("count rows to backfill: %w", err)
+	}
+	r.metrics.backfillRows.Set(float64(expected))
+	r.metrics.backfillDone.Set(0)
+	if expected > 0 {
+		log.Info().Int64("rows", expected).Str("snapshot", snapshot).Msg("backfilling rows written before the slot existed")
+	}
 	query := "SELECT " + cols.SelectList() + " FROM " + table.Quoted() + unackedWhere(r.cfg.AckMode) + " ORDER BY " + order
 	result, err := tx.Query(ctx, query)
 	if err != nil {
@@ -107,6 +118,7 @@ func (r *Relay) backfill(ctx context.Context, snapshot string, acker rowAcker, l
 			return err
 		}
 		total += len(batch)
+		r.metrics.backfillDone.Set(float64(total))
 		batch = batch[:0]
 		return nil
 	}
