@@ -135,6 +135,20 @@ func NewRegistry(version string) *prometheus.Registry {
 	return reg
 }
 
+// NewReadiness returns the gauge outbox_relay_ready: 1 while h is ready
+// (what /readyz answers 200 for), 0 otherwise, read at each scrape.
+func NewReadiness(h *Health) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "outbox_relay_ready",
+		Help: "1 while the relay is ready (/readyz answers 200: streaming and keeping up, or a healthy standby), 0 otherwise.",
+	}, func() float64 {
+		if ready, _ := h.Ready(); ready {
+			return 1
+		}
+		return 0
+	})
+}
+
 // vcsRevision is the commit the binary was built from, "" when unknown.
 func vcsRevision() string {
 	info, ok := debug.ReadBuildInfo()

@@ -185,6 +185,7 @@ func runDaemon(args []string, cfg relay.Config, log zerolog.Logger, _, stderr io
 		return exitFailed
 	}
 	defer r.Close()
+	reg.MustRegister(relay.NewReadiness(r.Health()))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
