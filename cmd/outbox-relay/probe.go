@@ -104,10 +104,12 @@ func probe(ctx context.Context, url string) (ok bool, line string) {
 	return true, fmt.Sprintf("ok: %s", detail)
 }
 
+// nonEmpty drops empty strings and repeats of the one before
+// ("streaming: streaming").
 func nonEmpty(ss ...string) []string {
 	out := ss[:0]
 	for _, s := range ss {
-		if s != "" {
+		if s != "" && (len(out) == 0 || out[len(out)-1] != s) {
 			out = append(out, s)
 		}
 	}
