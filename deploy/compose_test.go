@@ -98,7 +98,7 @@ func TestComposeFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"-f /sql/roles.sql", "-v role=outbox_relay", `password="$OUTBOX_RELAY_DB_PASSWORD"`, "/sql/outbox.sql"} {
+	for _, want := range []string{`-f "$sql_dir/roles.sql"`, "-v role=outbox_relay", `password="$OUTBOX_RELAY_DB_PASSWORD"`, `"$sql_dir/outbox.sql"`, "${SQL_DIR:-/sql}"} {
 		if !strings.Contains(string(init), want) {
 			t.Errorf("docker/initdb/10-outbox-relay.sh does not contain %q", want)
 		}

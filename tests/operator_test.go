@@ -181,39 +181,40 @@ func TestOperatorMetrics(t *testing.T) {
 	})
 }
 
-// TestLeastPrivilegeRole runs sql/roles.sql as an admin, then `setup` and
-// `run` as the role it creates: the role's grants must be enough to create
-// the slot, stream, and delete the delivered rows.
+// TestLeastPrivilegeRole runs the compose file's Postgres init script
+// (docker/initdb: the outbox table, then sql/roles.sql) as the admin, then
+// `setup` and `run` as the role it creates, outbox_relay: the role's grants
+// must be enough to create the slot, stream, and delete the delivered rows.
 func TestLeastPrivilegeRole(t *testing.T) {
 	binDir, err := devenv.FindServerBinaries()
 	if err != nil {
 		t.Fatal(err)
 	}
-	psql := filepath.Join(binDir, "psql")
-	if _, err := os.Stat(psql); err != nil {
-		if psql, err = exec.LookPath("psql"); err != nil {
-			t.Fatalf("psql not found next to the server binaries (%s) or on PATH", binDir)
-		}
+	if _, err := os.Stat(filepath.Join(binDir, "psql")); err != nil {
+		t.Fatalf("psql not found next to the server binaries in %s: %v", binDir, err)
 	}
 	e := newEnv(t)
-	e.createTable()
-	role := objectName(t.Name() + "_role")
+	const role = "outbox_relay" // as docker-compose.yml connects
 	t.Cleanup(func() {
 		e.exec("DROP OWNED BY " + role)
 		e.exec("DROP ROLE IF EXISTS " + role)
 	})
-	out, err := exec.Command(psql, pg.URL(e.name), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "role="+role, "-v", "password=pw",
-		"-v", "publication="+e.name, "-f", "../sql/roles.sql").CombinedOutput()
-	if err != nil {
-		t.Fatalf("psql -f sql/roles.sql: %v\n%s", err, out)
+	init := exec.Command("sh", "../docker/initdb/10-outbox-relay.sh")
+	init.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"), "SQL_DIR=../sql",
+		"PGHOST=127.0.0.1", fmt.Sprintf("PGPORT=%d", pg.Port()), "POSTGRES_USER=postgres", "POSTGRES_DB="+e.name,
+		"OUTBOX_RELAY_DB_PASSWORD=pw")
+	if out, err := init.CombinedOutput(); err != nil {
+		t.Fatalf("docker/initdb/10-outbox-relay.sh: %v\n%s", err, out)
 	}
-	roleURL := "OUTBOX_RELAY_PG_URL=" + strings.Replace(pg.URL(e.name), "postgres@", role+":pw@", 1)
+	// roles.sql creates the publication under its default name.
+	env := []string{"OUTBOX_RELAY_PG_URL=" + strings.Replace(pg.URL(e.name), "postgres@", role+":pw@", 1),
+		"OUTBOX_RELAY_PUBLICATION=outbox_relay"}
 
-	code, stdout, stderr := runRelay(t, e.relayEnv(roleURL), time.Minute, "setup")
+	code, stdout, stderr := runRelay(t, e.relayEnv(env...), time.Minute, "setup")
 	if code != 0 || !strings.Contains(stdout, "created") {
 		t.Fatalf("setup as %s: exit %d, want 0 and the slot created; stdout:\n%s\nstderr:\n%s", role, code, stdout, stderr)
 	}
-	e.startRelay(roleURL)
+	e.startRelay(env...)
 	var events []*event
 	for i := range 20 {
 		events = append(events, &event{aggregateType: "order", aggregateID: fmt.Sprintf("o-%d", i%4), typ: "OrderPlaced",

@@ -4,8 +4,12 @@
 # admin's part of sql/roles.sql. It creates the outbox table (sql/outbox.sql),
 # the least-privilege role the relay connects as and the publication, so the
 # relay itself never runs as the superuser.
+#
+# SQL_DIR (default /sql, the compose mount of ./sql) lets the test suite run
+# this very script against its own Postgres.
 set -eu
-sed -e 's/{{TABLE}}/public.outbox/g' -e 's/{{INDEX}}/outbox_unacked_idx/g' /sql/outbox.sql |
-	psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB"
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-	-v role=outbox_relay -v password="$OUTBOX_RELAY_DB_PASSWORD" -f /sql/roles.sql
+sql_dir=${SQL_DIR:-/sql}
+sed -e 's/{{TABLE}}/public.outbox/g' -e 's/{{INDEX}}/outbox_unacked_idx/g' "$sql_dir/outbox.sql" |
+	psql -X -q -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB"
+psql -X -q -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
+	-v role=outbox_relay -v password="$OUTBOX_RELAY_DB_PASSWORD" -f "$sql_dir/roles.sql"
