@@ -27,7 +27,9 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/outbox-relay /outbox-relay
 USER nonroot:nonroot
-# /metrics, /healthz, /readyz (OUTBOX_RELAY_HTTP_ADDR, default :9187).
-EXPOSE 9187
+# /metrics, /healthz, /readyz (OUTBOX_RELAY_HTTP_ADDR, default :9465).
+EXPOSE 9465
+# No shell or curl here: the binary probes its own /readyz.
+HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 CMD ["/outbox-relay", "probe"]
 ENTRYPOINT ["/outbox-relay"]
 CMD ["run"]

@@ -106,8 +106,19 @@ func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, a
 	if cols.Has(mapping.CreatedAt) {
 		order = outbox.QuoteIdent(mapping.CreatedAt) + ", " + order
 	}
-	query := "SELECT " + cols.SelectList() + " FROM " + table.Quoted() +
-		" WHERE " + mapping.Unacked(cols.Has(mapping.PublishedAt)) + " ORDER BY " + order
+	// The count sees the same snapshot as the read below, so done/rows is
+	// the backfill's exact progress.
+	unacked := mapping.Unacked(cols.Has(mapping.PublishedAt))
+	var expected int64
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+table.Quoted()+" WHERE "+unacked).Scan(&expected); err != nil {
+		return 0, fmt.Errorf("count rows to backfill: %w", err)
+	}
+	r.metrics.backfillRows.Set(float64(expected))
+	r.metrics.backfillDone.Set(0)
+	if expected > 0 {
+		log.Info().Int64("rows", expected).Str("snapshot", snapshot).Msg("backfilling rows written before the slot existed")
+	}
+	query := "SELECT " + cols.SelectList() + " FROM " + table.Quoted() + " WHERE " + unacked + " ORDER BY " + order
 	result, err := tx.Query(ctx, query)
 	if err != nil {
 		return 0, fmt.Errorf("read rows to backfill: %w", err)
@@ -137,6 +148,7 @@ func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, a
 			return err
 		}
 		total += len(batch)
+		r.metrics.backfillDone.Set(float64(total))
 		batch = batch[:0]
 		return nil
 	}

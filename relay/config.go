@@ -20,7 +20,9 @@ const EnvPrefix = "OUTBOX_RELAY_"
 
 // Config is the relay's whole configuration, read once from the environment.
 type Config struct {
-	PGURL            string         `env:"PG_URL,required,notEmpty"`
+	// PGURL is required by every command that connects to Postgres; it may
+	// come from the file named by PG_URL_FILE instead.
+	PGURL            string         `env:"PG_URL"`
 	KafkaBrokers     []string       `env:"KAFKA_BROKERS" envSeparator:","`
 	Table            string         `env:"TABLE" envDefault:"public.outbox"`
 	Slot             string         `env:"SLOT" envDefault:"outbox_relay"`
@@ -38,7 +40,7 @@ type Config struct {
 	ReconcileInterval time.Duration `env:"RECONCILE_INTERVAL" envDefault:"30s"`
 	ReconcileBatch    int           `env:"RECONCILE_BATCH" envDefault:"500"`
 
-	HTTPAddr string `env:"HTTP_ADDR" envDefault:":9187"`
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:":9465"`
 	// PProf serves net/http/pprof under /debug/pprof/ on HTTP_ADDR.
 	PProf             bool          `env:"PPROF" envDefault:"false"`
 	LeaderRetry       time.Duration `env:"LEADER_RETRY" envDefault:"2s"`
@@ -50,12 +52,31 @@ type Config struct {
 	KafkaSASLMechanism string `env:"KAFKA_SASL_MECHANISM"`
 	KafkaSASLUser      string `env:"KAFKA_SASL_USER"`
 	KafkaSASLPassword  string `env:"KAFKA_SASL_PASSWORD"`
+
+	// PGURLFromFile and KafkaSASLPasswordFromFile hold the contents of the
+	// files named by the _FILE variables (container secrets); LoadConfig
+	// moves them into PGURL and KafkaSASLPassword.
+	PGURLFromFile             string `env:"PG_URL_FILE,file"`
+	KafkaSASLPasswordFromFile string `env:"KAFKA_SASL_PASSWORD_FILE,file"`
+}
+
+// Needs says which connection settings a command requires.
+type Needs struct {
+	Postgres bool // OUTBOX_RELAY_PG_URL (or _FILE)
+	Kafka    bool // OUTBOX_RELAY_KAFKA_BROKERS
 }
 
 // LoadConfig reads the configuration from environ (os.Environ() form) and
-// validates it. Every error names the variable at fault. Kafka settings are
-// required only when needKafka is set (setup works without a broker).
+// validates it. Every error names the variable at fault. The Postgres URL is
+// required; Kafka settings only when needKafka is set (setup works without
+// a broker).
 func LoadConfig(environ []string, needKafka bool) (Config, error) {
+	return LoadConfigFor(environ, Needs{Postgres: true, Kafka: needKafka})
+}
+
+// LoadConfigFor is LoadConfig for a command with the given needs (the dlq
+// commands, for one, talk to Kafka only).
+func LoadConfigFor(environ []string, needs Needs) (Config, error) {
 	vars := map[string]string{}
 	for _, kv := range environ {
 		if k, v, ok := strings.Cut(kv, "="); ok {
@@ -66,11 +87,41 @@ func LoadConfig(environ []string, needKafka bool) (Config, error) {
 	if err != nil {
 		return Config{}, nameVariables(err)
 	}
-	err = cfg.Validate()
-	if needKafka && len(cfg.KafkaBrokers) == 0 {
-		err = errors.Join(fmt.Errorf("required environment variable %q is not set", EnvPrefix+"KAFKA_BROKERS"), err)
+	var errs []error
+	if err := fromFile(&cfg.PGURL, &cfg.PGURLFromFile, vars, "PG_URL"); err != nil {
+		errs = append(errs, err)
 	}
-	return cfg, err
+	if err := fromFile(&cfg.KafkaSASLPassword, &cfg.KafkaSASLPasswordFromFile, vars, "KAFKA_SASL_PASSWORD"); err != nil {
+		errs = append(errs, err)
+	}
+	if needs.Postgres && cfg.PGURL == "" {
+		errs = append(errs, fmt.Errorf("required environment variable %q (or %q) is not set", EnvPrefix+"PG_URL", EnvPrefix+"PG_URL_FILE"))
+	}
+	if needs.Kafka && len(cfg.KafkaBrokers) == 0 {
+		errs = append(errs, fmt.Errorf("required environment variable %q is not set", EnvPrefix+"KAFKA_BROKERS"))
+	}
+	errs = append(errs, cfg.Validate())
+	return cfg, errors.Join(errs...)
+}
+
+// fromFile moves the contents of the file named by NAME_FILE (already read
+// by the parser into *fromFile) into *value. Setting both NAME and
+// NAME_FILE is an error: which one wins would be a guess. The file's
+// trailing newline, which editors and `echo` add, is not part of the value.
+func fromFile(value, fromFile *string, vars map[string]string, name string) error {
+	plain, file := EnvPrefix+name, EnvPrefix+name+"_FILE"
+	if vars[file] == "" {
+		return nil
+	}
+	if vars[plain] != "" {
+		return fmt.Errorf("%s and %s are both set: set one", plain, file)
+	}
+	*value = strings.TrimRight(*fromFile, "\r\n")
+	*fromFile = ""
+	if *value == "" {
+		return fmt.Errorf("%s: file %q is empty", file, vars[file])
+	}
+	return nil
 }
 
 // Validate checks values the environment parser cannot.

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +31,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"RECONCILE_GRACE", cfg.ReconcileGrace, 5 * time.Minute},
 		{"RECONCILE_INTERVAL", cfg.ReconcileInterval, 30 * time.Second},
 		{"RECONCILE_BATCH", cfg.ReconcileBatch, 500},
-		{"HTTP_ADDR", cfg.HTTPAddr, ":9187"},
+		{"HTTP_ADDR", cfg.HTTPAddr, ":9465"},
 		{"LEADER_RETRY", cfg.LeaderRetry, 2 * time.Second},
 		{"HEARTBEAT_INTERVAL", cfg.HeartbeatInterval, 10 * time.Second},
 		{"brokers", len(cfg.KafkaBrokers), 2},
@@ -78,5 +80,62 @@ func TestLoadConfigErrors(t *testing.T) {
 	}
 	if _, err := LoadConfig([]string{"OUTBOX_RELAY_PG_URL=postgres://h/db"}, false); err != nil {
 		t.Errorf("setup without brokers: %v, want no error", err)
+	}
+}
+
+// TestLoadConfigSecretFiles reads the secrets from the files named by the
+// _FILE variables, and refuses an unreadable file or both variants at once,
+// naming the variable.
+func TestLoadConfigSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	urlFile := filepath.Join(dir, "pg_url")
+	passwordFile := filepath.Join(dir, "sasl_password")
+	if err := os.WriteFile(urlFile, []byte("postgres://relay:s3cret@h/db\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(passwordFile, []byte("hunter2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfigFor([]string{"OUTBOX_RELAY_PG_URL_FILE=" + urlFile, "OUTBOX_RELAY_KAFKA_SASL_PASSWORD_FILE=" + passwordFile,
+		"OUTBOX_RELAY_KAFKA_SASL_MECHANISM=PLAIN", "OUTBOX_RELAY_KAFKA_SASL_USER=relay"}, Needs{Postgres: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PGURL != "postgres://relay:s3cret@h/db" {
+		t.Errorf("PGURL = %q, want the file's contents without the newline", cfg.PGURL)
+	}
+	if cfg.KafkaSASLPassword != "hunter2" {
+		t.Errorf("KafkaSASLPassword = %q, want the file's contents without the newline", cfg.KafkaSASLPassword)
+	}
+	if cfg.PGURLFromFile != "" || cfg.KafkaSASLPasswordFromFile != "" {
+		t.Errorf("the secrets are kept twice in the config, want them only in PGURL and KafkaSASLPassword")
+	}
+
+	tests := []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"unreadable PG_URL_FILE", []string{"OUTBOX_RELAY_PG_URL_FILE=" + filepath.Join(dir, "missing")}, "OUTBOX_RELAY_PG_URL_FILE"},
+		{"both PG_URL and PG_URL_FILE", []string{"OUTBOX_RELAY_PG_URL=postgres://h/db", "OUTBOX_RELAY_PG_URL_FILE=" + urlFile}, "OUTBOX_RELAY_PG_URL_FILE"},
+		{"unreadable SASL password file", []string{"OUTBOX_RELAY_PG_URL=postgres://h/db",
+			"OUTBOX_RELAY_KAFKA_SASL_PASSWORD_FILE=" + dir}, "OUTBOX_RELAY_KAFKA_SASL_PASSWORD_FILE"},
+		{"both SASL password variants", []string{"OUTBOX_RELAY_PG_URL=postgres://h/db", "OUTBOX_RELAY_KAFKA_SASL_PASSWORD=x",
+			"OUTBOX_RELAY_KAFKA_SASL_PASSWORD_FILE=" + passwordFile}, "OUTBOX_RELAY_KAFKA_SASL_PASSWORD_FILE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadConfigFor(tt.env, Needs{Postgres: true})
+			if err == nil {
+				t.Fatalf("LoadConfigFor = nil error, want one naming %s", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error = %q, want it to name %s", err, tt.want)
+			}
+		})
+	}
+
+	if _, err := LoadConfigFor([]string{"OUTBOX_RELAY_KAFKA_BROKERS=k:9092"}, Needs{Kafka: true}); err != nil {
+		t.Errorf("Kafka-only command without PG_URL: %v, want no error", err)
 	}
 }

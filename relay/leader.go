@@ -227,6 +227,9 @@ func (r *Relay) checkSlotWAL(ctx context.Context, conn *pgx.Conn, log zerolog.Lo
 	if slot.RetainedBytes != nil {
 		r.metrics.slotRetained.Set(float64(*slot.RetainedBytes))
 	}
+	if slot.LagBytes != nil {
+		r.metrics.confirmedLag.Set(float64(max(*slot.LagBytes, 0)))
+	}
 	ev := log.Debug()
 	switch slot.WALStatus {
 	case "lost":

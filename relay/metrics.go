@@ -1,7 +1,11 @@
 package relay
 
 import (
+	"runtime"
+	"runtime/debug"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
@@ -20,6 +24,9 @@ type Metrics struct {
 	reconnects    prometheus.Counter
 	leader        prometheus.Gauge
 	slotRetained  prometheus.Gauge
+	confirmedLag  prometheus.Gauge
+	backfillRows  prometheus.Gauge
+	backfillDone  prometheus.Gauge
 	oldestUnacked prometheus.Gauge
 	heartbeats    prometheus.Counter
 	ackMissing    prometheus.Counter
@@ -73,6 +80,18 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "outbox_relay_slot_retained_wal_bytes",
 			Help: "WAL the replication slot keeps on the server (pg_current_wal_lsn() - restart_lsn).",
 		}),
+		confirmedLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_relay_slot_confirmed_lag_bytes",
+			Help: "WAL written but not yet confirmed by the relay (pg_current_wal_lsn() - confirmed_flush_lsn), sampled by the leader.",
+		}),
+		backfillRows: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_relay_backfill_rows",
+			Help: "Unacked rows the last backfill (after creating the slot) found in the slot's snapshot; 0 before any backfill.",
+		}),
+		backfillDone: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_relay_backfill_rows_done",
+			Help: "Rows of the last backfill published and acked so far; equals outbox_relay_backfill_rows when it finished.",
+		}),
 		oldestUnacked: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outbox_relay_oldest_unacked_age_seconds",
 			Help: "Age of the oldest outbox row whose delivery is not recorded yet (ACK_MODE delete/mark).",
@@ -97,6 +116,49 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.ackMissing, m.published, m.deadLettered, m.transactions, m.commitToAck, m.inflightBytes,
 		m.inflightRecs, m.confirmedLSN, m.brokerErrors, m.reconnects, m.leader, m.slotRetained,
-		m.oldestUnacked, m.heartbeats)
+		m.oldestUnacked, m.heartbeats, m.confirmedLag, m.backfillRows, m.backfillDone)
 	return m
+}
+
+// NewRegistry returns the registry the relay process serves on /metrics:
+// the Go runtime and process collectors and outbox_relay_build_info. The
+// relay's own collectors are added by New (NewMetrics).
+func NewRegistry(version string) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "outbox_relay_build_info",
+		Help: "Always 1; the labels say which build runs: version, Go version and VCS revision.",
+	}, []string{"version", "goversion", "revision"})
+	buildInfo.WithLabelValues(version, runtime.Version(), vcsRevision()).Set(1)
+	reg.MustRegister(buildInfo)
+	return reg
+}
+
+// NewReadiness returns the gauge outbox_relay_ready: 1 while h is ready
+// (what /readyz answers 200 for), 0 otherwise, read at each scrape.
+func NewReadiness(h *Health) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "outbox_relay_ready",
+		Help: "1 while the relay is ready (/readyz answers 200: streaming and keeping up, or a healthy standby), 0 otherwise.",
+	}, func() float64 {
+		if ready, _ := h.Ready(); ready {
+			return 1
+		}
+		return 0
+	})
+}
+
+// vcsRevision is the commit the binary was built from, "" when unknown.
+func vcsRevision() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" {
+			return s.Value
+		}
+	}
+	return ""
 }

@@ -206,6 +206,9 @@ type Slot struct {
 	SafeWALSize *int64
 	// RetainedBytes is the WAL the slot keeps: pg_current_wal_lsn() - restart_lsn.
 	RetainedBytes *int64
+	// LagBytes is the WAL not yet confirmed by the consumer:
+	// pg_current_wal_lsn() - confirmed_flush_lsn.
+	LagBytes *int64
 }
 
 // LookupSlot reads the slot named name; ok is false when it does not exist.
@@ -216,10 +219,11 @@ func LookupSlot(ctx context.Context, conn *pgx.Conn, name string) (slot Slot, ok
 	err = conn.QueryRow(ctx, `
 		SELECT slot_name, plugin, database, active, active_pid,
 		       confirmed_flush_lsn::text, restart_lsn::text, wal_status,
-		       safe_wal_size, (pg_current_wal_lsn() - restart_lsn)::bigint
+		       safe_wal_size, (pg_current_wal_lsn() - restart_lsn)::bigint,
+		       (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1`, name).
 		Scan(&slot.Name, &plugin, &database, &slot.Active, &pid, &confirmed, &restart, &walStatus,
-			&slot.SafeWALSize, &slot.RetainedBytes)
+			&slot.SafeWALSize, &slot.RetainedBytes, &slot.LagBytes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Slot{}, false, nil
 	}

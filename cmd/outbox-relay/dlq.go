@@ -15,6 +15,8 @@ import (
 	"text/tabwriter"
 	"unicode"
 
+	"github.com/rs/zerolog"
+
 	"github.com/outbox-relay/outbox-relay/dlq"
 	"github.com/outbox-relay/outbox-relay/internal/kafkaauth"
 	"github.com/outbox-relay/outbox-relay/outbox"
@@ -72,50 +74,61 @@ flags:
 const dlqTimeFormat = "2006-01-02T15:04:05.000Z"
 
 // runDLQ runs `outbox-relay dlq`; args are the arguments after the word
-// "dlq" ("ls …" or "replay …"). It returns the process exit code.
-func runDLQ(args []string, cfg relay.Config, stdout, stderr io.Writer) int {
+// "dlq" ("ls …" or "replay …"). It returns the process exit code. Flags are
+// parsed before the configuration is looked at, so --help needs none.
+func runDLQ(args []string, cfg relay.Config, _ zerolog.Logger, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, dlqUsage)
 		return exitUsage
 	}
 	switch args[0] {
-	case "ls", "replay":
-	case "help", "-h", "--help":
+	case "ls":
+		return runDLQList(args[1:], cfg, stdout, stderr)
+	case "replay":
+		return runDLQReplay(args[1:], cfg, stdout, stderr)
+	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, dlqUsage)
 		return exitOK
 	default:
 		fmt.Fprintf(stderr, "outbox-relay dlq: unknown command %q\n\n%s", args[0], dlqUsage)
 		return exitUsage
 	}
+}
+
+// dlqSession turns the relay's configuration into the dead-letter tools'
+// and a context that ends on SIGINT/SIGTERM; ok is false (the error
+// printed) when the configuration does not do.
+func dlqSession(cfg relay.Config, stderr io.Writer) (ctx context.Context, cancel context.CancelFunc, dlqCfg dlq.Config, ok bool) {
 	if len(cfg.KafkaBrokers) == 0 {
 		fmt.Fprintf(stderr, "outbox-relay dlq: %sKAFKA_BROKERS is not set\n", relay.EnvPrefix)
-		return exitUsage
+		return nil, nil, dlq.Config{}, false
 	}
 	dlqCfg, err := dlqConfig(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "outbox-relay dlq: %v\n", err)
-		return exitUsage
+		return nil, nil, dlq.Config{}, false
 	}
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer cancel()
-	if args[0] == "ls" {
-		return runDLQList(ctx, args[1:], dlqCfg, stdout, stderr)
-	}
-	return runDLQReplay(ctx, args[1:], dlqCfg, stdout, stderr)
+	ctx, cancel = signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	return ctx, cancel, dlqCfg, true
 }
 
-func runDLQList(ctx context.Context, args []string, cfg dlq.Config, stdout, stderr io.Writer) int {
+func runDLQList(args []string, relayCfg relay.Config, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("dlq ls", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	limit := flags.Int("limit", 20, "how many of the newest records to list")
 	asJSON := flags.Bool("json", false, "print one JSON object instead of tables")
-	if code, ok := parseFlags(flags, args, dlqLsUsage); !ok {
+	if code, ok := parseFlags(flags, args, dlqLsUsage, stdout); !ok {
 		return code
 	}
 	if *limit < 0 {
 		fmt.Fprintf(stderr, "outbox-relay dlq ls: --limit %d is negative\n", *limit)
 		return exitUsage
 	}
+	ctx, cancel, cfg, ok := dlqSession(relayCfg, stderr)
+	if !ok {
+		return exitUsage
+	}
+	defer cancel()
 	listing, err := dlq.List(ctx, cfg, *limit)
 	if err != nil {
 		fmt.Fprintf(stderr, "outbox-relay dlq ls: %v\n", err)
@@ -161,7 +174,7 @@ func printListing(out io.Writer, l dlq.Listing) {
 	tw.Flush()
 }
 
-func runDLQReplay(ctx context.Context, args []string, cfg dlq.Config, stdout, stderr io.Writer) int {
+func runDLQReplay(args []string, relayCfg relay.Config, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("dlq replay", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	reason := flags.String("reason", "", "replay only records with this outbox.dlq.reason (default: every reason)")
@@ -169,13 +182,18 @@ func runDLQReplay(ctx context.Context, args []string, cfg dlq.Config, stdout, st
 	dryRun := flags.Bool("dry-run", false, "print what would be replayed; publish and commit nothing")
 	group := flags.String("group", "", "consumer group that keeps the progress (default "+dlq.DefaultGroup+"[.<reason>])")
 	asJSON := flags.Bool("json", false, "print the summary as one JSON object")
-	if code, ok := parseFlags(flags, args, dlqReplayUsage); !ok {
+	if code, ok := parseFlags(flags, args, dlqReplayUsage, stdout); !ok {
 		return code
 	}
 	if *limit < 0 {
 		fmt.Fprintf(stderr, "outbox-relay dlq replay: --limit %d is negative\n", *limit)
 		return exitUsage
 	}
+	ctx, cancel, cfg, ok := dlqSession(relayCfg, stderr)
+	if !ok {
+		return exitUsage
+	}
+	defer cancel()
 	opts := dlq.ReplayOptions{Reason: *reason, Limit: *limit, DryRun: *dryRun, Group: *group}
 	if *dryRun && !*asJSON {
 		opts.OnRecord = func(d dlq.Decision) { printDecision(stdout, d) }
@@ -305,11 +323,17 @@ func orDash(s string) string {
 }
 
 // parseFlags parses args; ok is false when the command must stop with code
-// (0 after --help, exitUsage on a bad flag or a stray argument).
-func parseFlags(flags *flag.FlagSet, args []string, usage string) (code int, ok bool) {
+// (0 after --help, exitUsage on a bad flag or a stray argument). Help that
+// was asked for goes to stdout; after a mistake, to the flag set's output.
+func parseFlags(flags *flag.FlagSet, args []string, usage string, stdout io.Writer) (code int, ok bool) {
 	flags.Usage = func() {
 		fmt.Fprint(flags.Output(), usage)
 		flags.PrintDefaults()
+	}
+	if helpRequested(args) {
+		flags.SetOutput(stdout)
+		flags.Usage()
+		return exitOK, false
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

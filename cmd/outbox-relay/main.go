@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
 	"github.com/outbox-relay/outbox-relay/publisher"
@@ -27,7 +25,7 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = ""
 
-const usage = `usage: outbox-relay <command>
+const usage = `usage: outbox-relay <command> [flags]
 
 commands:
   run      stream the outbox table to Kafka (the daemon)
@@ -37,9 +35,34 @@ commands:
   dlq ls   count dead letters by reason and list the newest
   dlq replay [--reason R] [--limit N] [--dry-run]
            send dead letters back to their original topics
-  version  print the version
+  probe    ask a running relay's /readyz (a container health check); exit 0 or 1
+  version  print the version (also --version)
 
-Configuration is read from OUTBOX_RELAY_* environment variables (see README.md).
+Run "outbox-relay <command> --help" for a command's flags; help needs no
+configuration. Configuration is read from OUTBOX_RELAY_* environment
+variables (see README.md).
+`
+
+const runUsage = `usage: outbox-relay run
+
+Streams the outbox table to Kafka until SIGTERM or SIGINT: the first signal
+drains the records in flight (OUTBOX_RELAY_SHUTDOWN_TIMEOUT), a second one
+stops at once. Several instances of one slot elect a leader; the others stand
+by. Serves /metrics, /healthz and /readyz on OUTBOX_RELAY_HTTP_ADDR.
+
+Needs OUTBOX_RELAY_PG_URL (or _FILE) and OUTBOX_RELAY_KAFKA_BROKERS; every
+other variable has a default (see README.md).
+`
+
+const setupUsage = `usage: outbox-relay setup [--recreate-slot]
+
+Creates the outbox table, the publication and the replication slot where
+they are missing and prints what it found or did; running it again changes
+nothing. Kafka is not contacted. Needs OUTBOX_RELAY_PG_URL (or _FILE).
+
+flags:
+  --recreate-slot  drop a lost slot (its WAL was removed); the next run
+                   creates it again and backfills the unacked rows
 `
 
 // Exit codes.
@@ -48,6 +71,22 @@ const (
 	exitFailed = 1
 	exitUsage  = 2
 )
+
+// command is one subcommand: what configuration it needs and how it runs.
+// main is called with the arguments after the command's name.
+type command struct {
+	usage string // printed for --help when main does not parse flags itself
+	needs relay.Needs
+	main  func(args []string, cfg relay.Config, log zerolog.Logger, stdout, stderr io.Writer) int
+}
+
+var commands = map[string]command{
+	"run":    {usage: runUsage, needs: relay.Needs{Postgres: true, Kafka: true}, main: runDaemon},
+	"setup":  {usage: setupUsage, needs: relay.Needs{Postgres: true}, main: runSetup},
+	"status": {needs: relay.Needs{Postgres: true}, main: runStatus},
+	"dlq":    {needs: relay.Needs{Kafka: true}, main: runDLQ},
+	"probe":  {needs: relay.Needs{}, main: runProbe},
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
@@ -59,19 +98,29 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	switch args[0] {
-	case "version":
+	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "outbox-relay", buildVersion())
 		return exitOK
-	case "run", "setup", "status", "dlq":
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
-	default:
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
 		return exitUsage
 	}
+	if helpRequested(args[1:]) {
+		if cmd.usage != "" {
+			fmt.Fprint(stdout, cmd.usage)
+			return exitOK
+		}
+		// The command prints its own help, flags included, before it
+		// looks at the configuration.
+		return cmd.main(args[1:], relay.Config{}, zerolog.Nop(), stdout, stderr)
+	}
 
-	cfg, err := relay.LoadConfig(environ, args[0] == "run" || args[0] == "dlq")
+	cfg, err := relay.LoadConfigFor(environ, cmd.needs)
 	if err != nil {
 		fmt.Fprintf(stderr, "outbox-relay: invalid configuration:\n%v\n", err)
 		return exitUsage
@@ -79,33 +128,41 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	level, _ := zerolog.ParseLevel(cfg.LogLevel)
 	zerolog.TimeFieldFormat = time.RFC3339Nano
 	log := zerolog.New(stderr).Level(level).With().Timestamp().Logger()
+	return cmd.main(args[1:], cfg, log, stdout, stderr)
+}
 
-	switch args[0] {
-	case "status":
-		return runStatus(args[1:], cfg, stdout, stderr)
-	case "dlq":
-		return runDLQ(args[1:], cfg, stdout, stderr)
-	case "setup":
-		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-		defer cancel()
-		var opts relay.SetupOptions
-		for _, a := range args[1:] {
-			switch a {
-			case "--recreate-slot":
-				opts.RecreateSlot = true
-			default:
-				fmt.Fprintf(stderr, "setup: unknown flag %q\n", a)
-				return exitUsage
-			}
+// helpRequested reports whether args ask for help: -h, -help or --help
+// before any "--", or "help" as the first word (dlq help).
+func helpRequested(args []string) bool {
+	for i, a := range args {
+		switch {
+		case a == "--":
+			return false
+		case a == "-h" || a == "-help" || a == "--help", a == "help" && i == 0:
+			return true
 		}
-		if err := relay.Setup(ctx, cfg, log.With().Str("component", "setup").Logger(), stdout, opts); err != nil {
-			log.Error().Str("component", "setup").Err(err).Msg("setup failed")
-			return exitFailed
-		}
-		return exitOK
-	default:
-		return runDaemon(cfg, log)
 	}
+	return false
+}
+
+func runSetup(args []string, cfg relay.Config, log zerolog.Logger, stdout, stderr io.Writer) int {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	var opts relay.SetupOptions
+	for _, a := range args {
+		switch a {
+		case "--recreate-slot":
+			opts.RecreateSlot = true
+		default:
+			fmt.Fprintf(stderr, "setup: unknown flag %q\n\n%s", a, setupUsage)
+			return exitUsage
+		}
+	}
+	if err := relay.Setup(ctx, cfg, log.With().Str("component", "setup").Logger(), stdout, opts); err != nil {
+		log.Error().Str("component", "setup").Err(err).Msg("setup failed")
+		return exitFailed
+	}
+	return exitOK
 }
 
 // newProducer builds the relay's Kafka producer from the relay's settings.
@@ -132,7 +189,11 @@ func newProducer(cfg relay.Config, log zerolog.Logger) relay.NewProducer {
 // runDaemon runs the relay until a signal: the first SIGTERM/SIGINT starts a
 // graceful stop (bounded by the shutdown timeout); a second one, or the
 // timeout passing by a margin, stops at once.
-func runDaemon(cfg relay.Config, log zerolog.Logger) int {
+func runDaemon(args []string, cfg relay.Config, log zerolog.Logger, _, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintf(stderr, "run: unexpected argument %q\n\n%s", args[0], runUsage)
+		return exitUsage
+	}
 	mainLog := log.With().Str("component", "main").Logger()
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// The in-flight cap bounds live memory; without a limit the Go
@@ -141,14 +202,14 @@ func runDaemon(cfg relay.Config, log zerolog.Logger) int {
 		// what the cap promises (GOMEMLIMIT overrides it).
 		debug.SetMemoryLimit(cfg.MaxInflightBytes*3/2 + 16<<20)
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := relay.NewRegistry(buildVersion())
 	r, err := relay.New(cfg, log, reg, newProducer(cfg, log.With().Str("component", "publisher").Logger()))
 	if err != nil {
 		mainLog.Error().Err(err).Msg("cannot start")
 		return exitFailed
 	}
 	defer r.Close()
+	reg.MustRegister(relay.NewReadiness(r.Health()))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

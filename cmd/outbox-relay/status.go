@@ -12,6 +12,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
@@ -38,11 +40,11 @@ flags:
 
 // runStatus runs `outbox-relay status`; args are the arguments after the
 // word "status". It returns the process exit code.
-func runStatus(args []string, cfg relay.Config, stdout, stderr io.Writer) int {
+func runStatus(args []string, cfg relay.Config, _ zerolog.Logger, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("status", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	asJSON := flags.Bool("json", false, "print one JSON object (snake_case keys) instead of a table")
-	if code, ok := parseFlags(flags, args, statusUsage); !ok {
+	if code, ok := parseFlags(flags, args, statusUsage, stdout); !ok {
 		return code
 	}
 
