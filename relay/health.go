@@ -54,10 +54,10 @@ type Health struct {
 	heartbeatWait    time.Duration
 }
 
-// newHealth returns the health of a starting instance. heartbeatInterval is
+// NewHealth returns the health of a starting instance. heartbeatInterval is
 // OUTBOX_RELAY_HEARTBEAT_INTERVAL: a heartbeat not back within three
 // intervals (at least 30 s) makes the relay not ready.
-func newHealth(heartbeatInterval time.Duration) *Health {
+func NewHealth(heartbeatInterval time.Duration) *Health {
 	return &Health{role: RoleStarting, now: time.Now, silence: 75 * time.Second, stall: 2 * time.Minute,
 		heartbeatWait: max(3*heartbeatInterval, 30*time.Second)}
 }

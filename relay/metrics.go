@@ -32,8 +32,8 @@ type Metrics struct {
 	ackMissing    prometheus.Counter
 }
 
-// newMetrics creates the collectors and registers them with reg.
-func newMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics creates the collectors and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "outbox_relay_events_published_total",

@@ -67,12 +67,12 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer, newProducer 
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	metrics := newMetrics(reg)
+	metrics := NewMetrics(reg)
 	pub, err := newProducer(func(kind string) { metrics.brokerErrors.WithLabelValues(kind).Inc() })
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
-	return &Relay{cfg: cfg, log: log, metrics: metrics, health: newHealth(cfg.HeartbeatInterval), pub: pub,
+	return &Relay{cfg: cfg, log: log, metrics: metrics, health: NewHealth(cfg.HeartbeatInterval), pub: pub,
 		delivery: &deliverer{log: log.With().Str("component", "delivery").Logger(), pub: pub, metrics: metrics, dlqTopic: cfg.DLQTopic,
 			lease: newLeaderLease(lockIdleTimeout(cfg.LeaderRetry))},
 		table: cfg.TableName(), mapping: cfg.Mapping()}, nil
