@@ -48,9 +48,13 @@ func (p *Publisher) chunkLen(msgs []kafka.Message) int {
 	return len(msgs)
 }
 
+// ErrAuthentication is returned when the broker refuses the relay's SASL
+// credentials: a configuration error that no retry can fix.
+var ErrAuthentication = errors.New("kafka SASL authentication failed: check the SASL mechanism, user and password")
+
 // settle writes one chunk until each of its records is acked or has failed
 // permanently, retrying the rest with backoff. It returns an error only when
-// ctx ends first.
+// ctx ends first or the broker refuses the credentials (ErrAuthentication).
 func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []int, failures []Failure) ([]Failure, error) {
 	for retry := 1; ; retry++ {
 		err := p.write(ctx, msgs)
@@ -63,6 +67,10 @@ func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []
 		}
 		if ctx.Err() != nil {
 			return failures, fmt.Errorf("publish %d records: %w", len(msgs), ctx.Err())
+		}
+		// Retrying wrong credentials only hides them from the operator.
+		if errors.Is(err, kafka.SASLAuthenticationFailed) {
+			return failures, fmt.Errorf("publish %d records: %w: %w", len(msgs), ErrAuthentication, err)
 		}
 
 		var writeErrs kafka.WriteErrors

@@ -41,7 +41,7 @@ func fatalf(format string, args ...any) error {
 // IsFatal reports whether err should stop the relay rather than be retried.
 func IsFatal(err error) bool {
 	var f *FatalError
-	return errors.As(err, &f) || errors.Is(err, replication.ErrRefused)
+	return errors.As(err, &f) || errors.Is(err, replication.ErrRefused) || errors.Is(err, publisher.ErrAuthentication)
 }
 
 // Relay streams the outbox to Kafka.
