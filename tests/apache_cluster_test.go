@@ -7,8 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/outbox-relay/outbox-relay/internal/devenv"
 )
@@ -94,21 +93,19 @@ func TestApacheBrokerFailover(t *testing.T) {
 // it means (the ISR shrank below min.insync.replicas).
 func waitNotEnoughReplicas(t *testing.T, ctx context.Context, k *devenv.ApacheKafka, topic string) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(k.InternalAddrs()...), kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.RecordRetries(2), kgo.RecordDeliveryTimeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	// kafka-go returns the broker's error code after one attempt; franz-go
+	// would retry it until its delivery timeout.
+	w := &kafka.Writer{Addr: kafka.TCP(k.InternalAddrs()...), Topic: topic, RequiredAcks: kafka.RequireAll,
+		MaxAttempts: 1, WriteTimeout: 5 * time.Second, BatchTimeout: time.Millisecond}
+	defer w.Close()
 	var last error
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
-		last = cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("probe")}).FirstErr()
-		if errors.Is(last, kerr.NotEnoughReplicas) {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline) && ctx.Err() == nil; {
+		last = w.WriteMessages(ctx, kafka.Message{Value: []byte("probe")})
+		var writeErrs kafka.WriteErrors
+		if errors.Is(last, kafka.NotEnoughReplicas) || errors.As(last, &writeErrs) && errors.Is(writeErrs[0], kafka.NotEnoughReplicas) {
 			return
 		}
-		if ctx.Err() != nil {
-			break
-		}
+		time.Sleep(200 * time.Millisecond) // poll interval
 	}
 	t.Fatalf("produce with two of three brokers down: %v, want NOT_ENOUGH_REPLICAS", last)
 }

@@ -23,7 +23,7 @@ import (
 type testEnv struct {
 	t     *testing.T
 	name  string
-	db    *pgx.Conn // for the test goroutine only
+	db    *pgx.Conn     // for the test goroutine only
 	kafka *devenv.Kafka // nil when the test runs against Apache Kafka
 	// brokers are the addresses the relay and the readers use.
 	brokers []string

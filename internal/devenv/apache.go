@@ -213,6 +213,9 @@ func (k *ApacheKafka) serverProperties(node *kafkaNode, controllerPort int, keys
 		"log.dirs":                            filepath.Join(node.dir, "data"),
 		"controller.quorum.bootstrap.servers": fmt.Sprintf("127.0.0.1:%d", controllerPort),
 		"controller.listener.names":           "CONTROLLER",
+		// The controller needs it too: in KRaft it is the cluster default
+		// for new topics and for eligible leader replicas.
+		"min.insync.replicas": strconv.Itoa(min(n, 2)),
 		// A dead broker is fenced, and leaves the ISR, within seconds.
 		"broker.heartbeat.interval.ms": "500",
 		"broker.session.timeout.ms":    "3000",
@@ -235,7 +238,6 @@ func (k *ApacheKafka) serverProperties(node *kafkaNode, controllerPort int, keys
 		c["auto.create.topics.enable"] = strconv.FormatBool(k.opts.AutoCreateTopics)
 		c["num.partitions"] = "3"
 		c["default.replication.factor"] = strconv.Itoa(min(n, 3))
-		c["min.insync.replicas"] = strconv.Itoa(min(n, 2))
 		c["offsets.topic.replication.factor"] = strconv.Itoa(min(n, 3))
 		c["offsets.topic.num.partitions"] = "3"
 		c["transaction.state.log.replication.factor"] = strconv.Itoa(min(n, 3))
