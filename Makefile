@@ -21,8 +21,10 @@ pg-binaries:
 
 # A throw-away Postgres from local binaries, an in-process Kafka-protocol
 # broker, the relay, and events flowing through them.
+# KAFKA=apache runs it on a real Apache Kafka broker instead (java, mvn).
+KAFKA ?= kfake
 demo: pg-binaries build
-	$(GO) run ./cmd/outbox-demo -relay bin/outbox-relay
+	$(GO) run ./cmd/outbox-demo -relay bin/outbox-relay -kafka $(KAFKA)
 
 test: pg-binaries
 	$(GO) vet ./...

@@ -1,5 +1,7 @@
 package outbox
 
+import "errors"
+
 // Headers of a dead-letter record, added to the original record's headers.
 // They are a public interface: consumers and `outbox-relay dlq` read them.
 const (
@@ -47,3 +49,8 @@ type DeadLetter struct {
 	Error         string
 	OriginalTopic string
 }
+
+// ErrAuthentication is returned by a producer whose SASL credentials the
+// broker refused: a configuration error that no retry can fix, so the relay
+// stops.
+var ErrAuthentication = errors.New("kafka SASL authentication failed: check OUTBOX_RELAY_KAFKA_SASL_MECHANISM, OUTBOX_RELAY_KAFKA_SASL_USER and OUTBOX_RELAY_KAFKA_SASL_PASSWORD")

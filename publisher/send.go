@@ -52,7 +52,7 @@ func (p *Publisher) chunkLen(msgs []kafka.Message) int {
 
 // settle writes one chunk until each of its records is acked or has failed
 // permanently, retrying the rest with backoff. It returns an error only when
-// ctx ends first.
+// ctx ends first or the broker refuses the credentials (outbox.ErrAuthentication).
 func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []int, failures []outbox.Failure) ([]outbox.Failure, error) {
 	for retry := 1; ; retry++ {
 		err := p.write(ctx, msgs)
@@ -65,6 +65,10 @@ func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []
 		}
 		if ctx.Err() != nil {
 			return failures, fmt.Errorf("publish %d records: %w", len(msgs), ctx.Err())
+		}
+		// Retrying wrong credentials only hides them from the operator.
+		if errors.Is(err, kafka.SASLAuthenticationFailed) {
+			return failures, fmt.Errorf("publish %d records: %w: %w", len(msgs), outbox.ErrAuthentication, err)
 		}
 
 		var writeErrs kafka.WriteErrors

@@ -38,7 +38,7 @@ func fatalf(format string, args ...any) error {
 // isFatal reports whether err should stop the relay rather than be retried.
 func isFatal(err error) bool {
 	var f *fatalError
-	return errors.As(err, &f) || errors.Is(err, replication.ErrRefused)
+	return errors.As(err, &f) || errors.Is(err, replication.ErrRefused) || errors.Is(err, outbox.ErrAuthentication)
 }
 
 // Relay streams the outbox to Kafka.

@@ -23,8 +23,12 @@ import (
 type testEnv struct {
 	t     *testing.T
 	name  string
-	db    *pgx.Conn // for the test goroutine only
-	kafka *devenv.Kafka
+	db    *pgx.Conn     // for the test goroutine only
+	kafka *devenv.Kafka // nil when the test runs against Apache Kafka
+	// brokers are the addresses the relay and the readers use.
+	brokers []string
+	// topics are the patterns the delivery checks read; nil is outboxTopics.
+	topics []string
 
 	mu     sync.Mutex
 	relays []*relayProcess
@@ -36,6 +40,24 @@ var seededTopics = []string{"outbox.event.order", "outbox.event.customer", "cust
 // newEnv creates the test's database and Kafka cluster and removes them
 // (slots included, so they pin no WAL) when the test ends.
 func newEnv(t *testing.T, kafkaOpts ...kfake.Opt) *testEnv {
+	t.Helper()
+	e := newDatabaseEnv(t)
+	// The topics the tests use exist up front, as an operator would create
+	// them; auto-creation stays on for anything else.
+	kafkaOpts = append([]kfake.Opt{kfake.SeedTopics(3, seededTopics...)}, kafkaOpts...)
+	var err error
+	if e.kafka, err = devenv.StartKafka(kafkaOpts...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.kafka.Close)
+	e.brokers = e.kafka.Addrs()
+	return e
+}
+
+// newDatabaseEnv creates the test's database, and removes it (slots
+// included, so they pin no WAL) when the test ends; the caller provides
+// the brokers.
+func newDatabaseEnv(t *testing.T) *testEnv {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -58,13 +80,6 @@ func newEnv(t *testing.T, kafkaOpts ...kfake.Opt) *testEnv {
 	if _, err := e.db.Exec(ctx, "CREATE EXTENSION pg_walinspect"); err != nil {
 		t.Fatalf("create extension pg_walinspect (from the server's contrib modules): %v", err)
 	}
-	// The topics the tests use exist up front, as an operator would create
-	// them; auto-creation stays on for anything else.
-	kafkaOpts = append([]kfake.Opt{kfake.SeedTopics(3, seededTopics...)}, kafkaOpts...)
-	if e.kafka, err = devenv.StartKafka(kafkaOpts...); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.kafka.Close)
 	return e
 }
 
@@ -122,7 +137,7 @@ func dropDatabase(t *testing.T, name string) {
 func (e *testEnv) relayEnv(extra ...string) []string {
 	return append([]string{
 		"OUTBOX_RELAY_PG_URL=" + pg.URL(e.name),
-		"OUTBOX_RELAY_KAFKA_BROKERS=" + strings.Join(e.kafka.Addrs(), ","),
+		"OUTBOX_RELAY_KAFKA_BROKERS=" + strings.Join(e.brokers, ","),
 		"OUTBOX_RELAY_SLOT=" + e.name,
 		"OUTBOX_RELAY_PUBLICATION=" + e.name,
 		"OUTBOX_RELAY_STATUS_INTERVAL=100ms",

@@ -56,7 +56,7 @@ func TestLargeTransaction(t *testing.T) {
 	defer cancelRead()
 	seen := make([]bool, rows)
 	distinct, read := 0, 0
-	records, err := devenv.ReadRecords(readCtx, e.kafka.Addrs(), outboxTopics, func(got []*kgo.Record) bool {
+	records, err := devenv.ReadRecords(readCtx, e.brokers, outboxTopics, func(got []*kgo.Record) bool {
 		for _, r := range got[read:] {
 			if n, ok := payloadN(r); ok && n >= 0 && n < rows && !seen[n] {
 				seen[n] = true

@@ -66,6 +66,7 @@ func runMain(m *testing.M) int {
 	if relayBuildErr != nil {
 		fmt.Fprintf(os.Stderr, "build relay: %v\n", relayBuildErr)
 	}
+	defer closeSharedApache()
 	return m.Run()
 }
 

@@ -33,7 +33,7 @@ func (e *testEnv) readEvents(timeout time.Duration, topics []string, want map[st
 	defer cancel()
 	seen := make(map[string]bool, len(want))
 	read := 0
-	records, err := devenv.ReadRecords(ctx, e.kafka.Addrs(), topics, func(got []*kgo.Record) bool {
+	records, err := devenv.ReadRecords(ctx, e.brokers, topics, func(got []*kgo.Record) bool {
 		for _, r := range got[read:] {
 			if id, _ := header(r, "id"); want[id] {
 				seen[id] = true
@@ -64,7 +64,7 @@ func (e *testEnv) readAll(topics []string) []*kgo.Record {
 	e.t.Helper()
 	ctx, cancel := e.context(time.Minute)
 	defer cancel()
-	records, err := devenv.ReadAll(ctx, e.kafka.Addrs(), topics)
+	records, err := devenv.ReadAll(ctx, e.brokers, topics)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func (e *testEnv) endOffsetsTotal(topics []string) int64 {
 	e.t.Helper()
 	ctx, cancel := e.context(30 * time.Second)
 	defer cancel()
-	ends, err := devenv.EndOffsets(ctx, e.kafka.Addrs(), topics)
+	ends, err := devenv.EndOffsets(ctx, e.brokers, topics)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -180,9 +180,13 @@ func TestKillNineLosesNothing(t *testing.T) {
 func (e *testEnv) checkDeliveredAtLeastOnce(events []*event, last outbox.LSN) {
 	t := e.t
 	t.Helper()
-	e.readEvents(2*time.Minute, outboxTopics, idSet(events))
+	topics := outboxTopics
+	if e.topics != nil {
+		topics = e.topics
+	}
+	e.readEvents(2*time.Minute, topics, idSet(events))
 	e.waitConfirmed(time.Minute, last)
-	records := e.readAll(outboxTopics)
+	records := e.readAll(topics)
 	seqByID := make(map[string]int, len(events))
 	for _, ev := range events {
 		seqByID[ev.id] = ev.seq

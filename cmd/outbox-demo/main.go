@@ -28,15 +28,16 @@ import (
 func main() {
 	relayBin := flag.String("relay", "bin/outbox-relay", "path to the outbox-relay binary")
 	events := flag.Int("events", 12, "events to insert")
+	broker := flag.String("kafka", "kfake", "the broker: kfake (in-process, nothing but Go) or apache (a real Apache Kafka broker; needs java and mvn)")
 	keep := flag.Bool("keep", false, "keep everything running until Ctrl-C (to try kcat or psql by hand)")
 	flag.Parse()
-	if err := demo(*relayBin, *events, *keep); err != nil {
+	if err := demo(*relayBin, *broker, *events, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}
 }
 
-func demo(relayBin string, events int, keep bool) error {
+func demo(relayBin, broker string, events int, keep bool) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 
@@ -54,15 +55,12 @@ func demo(relayBin string, events int, keep bool) error {
 	pgURL := pg.URL("demo")
 	fmt.Println("   ", pgURL)
 
-	step("starting an in-process Kafka-protocol broker (kfake)")
-	// The topic exists from the start, so the first events do not wait for
-	// the consumer to discover a topic created on the fly.
-	kafka, err := devenv.StartKafka(kfake.SeedTopics(3, "outbox.event.order"))
+	addrs, closeKafka, err := startBroker(ctx, broker)
 	if err != nil {
 		return err
 	}
-	defer kafka.Close()
-	brokers := strings.Join(kafka.Addrs(), ",")
+	defer closeKafka()
+	brokers := strings.Join(addrs, ",")
 	fmt.Println("   ", brokers)
 
 	env := append(os.Environ(),
@@ -96,7 +94,7 @@ func demo(relayBin string, events int, keep bool) error {
 
 	// The consumer runs while the events are inserted, so the latency shown is
 	// commit → relay → broker → consumer, not the time this demo took.
-	client, err := kgo.NewClient(kgo.SeedBrokers(kafka.Addrs()...), kgo.ConsumeTopics("outbox.event.order"),
+	client, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.ConsumeTopics("outbox.event.order"),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(10*time.Millisecond))
 	if err != nil {
 		return err
@@ -216,4 +214,31 @@ func prefixed(prefix string) io.Writer {
 		}
 	}()
 	return w
+}
+
+// startBroker starts the demo's broker with the topic outbox.event.order (3
+// partitions) in place, so the first events do not wait for the consumer to
+// discover a topic created on the fly.
+func startBroker(ctx context.Context, kind string) (addrs []string, closeBroker func(), err error) {
+	switch kind {
+	case "kfake":
+		step("starting an in-process Kafka-protocol broker (kfake)")
+		k, err := devenv.StartKafka(kfake.SeedTopics(3, "outbox.event.order"))
+		if err != nil {
+			return nil, nil, err
+		}
+		return k.Addrs(), k.Close, nil
+	case "apache":
+		step("starting an Apache Kafka broker (KRaft; the first run fetches its jars with Maven)")
+		k, err := devenv.StartApacheKafka(ctx, devenv.ApacheOptions{})
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := k.CreateTopic(ctx, "outbox.event.order", 3, 1, nil); err != nil {
+			k.Close()
+			return nil, nil, err
+		}
+		return k.Addrs(), k.Close, nil
+	}
+	return nil, nil, fmt.Errorf("-kafka %q: want kfake or apache", kind)
 }

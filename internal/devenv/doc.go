@@ -1,7 +1,8 @@
 // Package devenv brings up the throw-away infrastructure the relay runs
 // against outside production: a Postgres cluster started from the local
 // server binaries, an in-process Kafka-protocol cluster (kfake) reached over
-// loopback TCP, and an independent consumer that reads back what was
+// loopback TCP, real Apache Kafka brokers run as java processes from jars
+// Maven fetches once (StartApacheKafka), and an independent consumer that reads back what was
 // produced.
 //
 // The integration tests and `make demo` share it, so it must never import
