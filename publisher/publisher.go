@@ -32,7 +32,8 @@ type Publisher struct {
 	log zerolog.Logger
 
 	newProducer   func() producer
-	stopTransport func() // nil when the caller owns the transport
+	stopTransport func()        // nil when the caller owns the transport
+	check         *kafka.Client // the producer's own settings, for Check
 
 	// turn is held by the Publish, PublishRaw or Close call that runs; it
 	// guards the fields below.
@@ -74,6 +75,7 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 		}
 	}
 	addr := kafka.TCP(cfg.Brokers...)
+	p.check = &kafka.Client{Addr: addr, Transport: transport}
 	p.newProducer = func() producer {
 		return NewWriter(addr, transport, p.balancer, cfg.BatchSize, cfg.BatchBytes, cfg.WriteTimeout)
 	}

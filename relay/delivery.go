@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -19,6 +20,9 @@ type Producer interface {
 	Topic(ev *outbox.Event) (string, error)
 	// BatchLimits are the most records and bytes one produce call carries.
 	BatchLimits() (records int, bytes int64)
+	// Check returns once a broker answered with the producer's own
+	// settings, or with why none did within the given time.
+	Check(ctx context.Context, within time.Duration) error
 	Close() error
 }
 

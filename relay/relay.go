@@ -11,9 +11,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
@@ -59,6 +61,12 @@ type Relay struct {
 	lockPID uint32
 
 	reconcilerOffLogged bool
+	// slotSeen is set once this process found or created its slot; a slot
+	// missing after that was dropped, and is not recreated silently.
+	slotSeen bool
+	// lastConfirmed is the slot's confirmed position when a session last
+	// started, for the error that reports a dropped slot.
+	lastConfirmed outbox.LSN
 }
 
 // New creates a relay that sends through the producer newProducer builds.
@@ -91,6 +99,12 @@ func (r *Relay) Health() *Health { return r.health }
 // returns only on a stop or a fatal error.
 func (r *Relay) Run(ctx context.Context, stop <-chan struct{}) error {
 	log := r.log.With().Str("component", "leader").Logger()
+	// A relay that cannot reach Kafka at start, or whose credentials are
+	// refused, stops before it creates or reads anything.
+	if err := r.pub.Check(ctx, brokerCheckTimeout); err != nil {
+		r.health.setRole(RoleStopping, "")
+		return fatalf("kafka: %w", err)
+	}
 	for {
 		lock, err := r.acquireLeadership(ctx, stop, log)
 		if err != nil || lock == nil {
@@ -147,6 +161,12 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 		if err == nil {
 			return nil
 		}
+		if pub := droppedPublication(err); pub != "" {
+			return fatalf("the walsender cannot decode the slot's WAL: publication %q was dropped (and perhaps recreated) "+
+				"while the slot had changes to stream, and Postgres decodes each change with the publications of its own time: "+
+				"the slot cannot move past them. Run `outbox-relay setup --recreate-slot`, then start the relay: it recreates the slot "+
+				"and backfills the unacked rows from the table (%w)", pub, err)
+		}
 		if isFatal(err) || errors.Is(err, replication.ErrDrainTimeout) || errors.Is(err, errLostLeadership) {
 			return err
 		}
@@ -192,6 +212,24 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 			return context.Cause(ctx)
 		}
 	}
+}
+
+// brokerCheckTimeout bounds the wait for a broker to answer at start.
+const brokerCheckTimeout = 20 * time.Second
+
+// droppedPublication returns the publication named by a walsender's
+// "publication … does not exist" error, "" for any other error.
+func droppedPublication(err error) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42704" { // undefined_object
+		return ""
+	}
+	name, ok := strings.CutPrefix(pgErr.Message, `publication "`)
+	if !ok {
+		return ""
+	}
+	name, _, _ = strings.Cut(name, `"`)
+	return name
 }
 
 // terminateStaleWalsender ends the walsender still holding our slot. Only the
@@ -297,6 +335,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	// Records a previous session left in flight are re-sent by this one.
 	r.metrics.inflightRecs.Set(0)
 	r.metrics.inflightBytes.Set(0)
+	r.lastConfirmed = slot.ConfirmedFlushLSN
 	tracker := checkpoint.New(slot.ConfirmedFlushLSN)
 	batchRecords, batchBytes := r.pub.BatchLimits()
 	p := newPipeline(pipelineDeps{
@@ -429,6 +468,14 @@ func (r *Relay) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 	if err != nil {
 		return slot, err
 	}
+	if !ok && r.slotSeen {
+		// The slot this process streamed from is gone: an operator (or
+		// max_slot_wal_keep_size) dropped it. Recreating it here would skip,
+		// silently, every row committed since it went.
+		return slot, fatalf("replication slot %q was dropped while the relay was using it (last confirmed %s): "+
+			"rows committed since it went are not in any stream. Run `outbox-relay setup --recreate-slot`, then start the relay: "+
+			"it recreates the slot and backfills the unacked rows from the table", name, r.lastConfirmed)
+	}
 	if !ok {
 		if err := r.createSlot(ctx, conn, repl, acker, log); err != nil {
 			return slot, err
@@ -440,6 +487,7 @@ func (r *Relay) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *replicatio
 	if err := replication.CheckSlot(ctx, conn, slot); err != nil {
 		return slot, err
 	}
+	r.slotSeen = true
 	if slot.Active {
 		return slot, &replication.SlotActiveError{Slot: name, Detail: fmt.Sprintf("active_pid %d", slot.ActivePID)}
 	}
