@@ -75,7 +75,12 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 	}
 	addr := kafka.TCP(cfg.Brokers...)
 	p.newProducer = func() producer {
-		return NewWriter(addr, transport, p.balancer, cfg.BatchSize, cfg.BatchBytes, cfg.WriteTimeout)
+		w := NewWriter(addr, transport, p.balancer, cfg.BatchSize, max(cfg.BatchBytes, cfg.MaxMessageBytes), cfg.WriteTimeout)
+		// kafka-go refuses a whole call holding one message above its
+		// BatchBytes: it is at least MaxMessageBytes, and chunkLen keeps
+		// the calls within cfg.BatchBytes.
+		w.Compression, _ = compressionCodec(cfg.Compression)
+		return w
 	}
 	p.producer = p.newProducer()
 	return p, nil
@@ -86,13 +91,13 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 func newTransport(cfg Config) (*kafka.Transport, error) {
 	tlsConfig, err := kafkaauth.TLSConfig(cfg.TLS, cfg.TLSCAFile, cfg.TLSSkipVerify)
 	if err != nil {
-		return nil, fmt.Errorf("TLS CA file: %w", err)
+		return nil, &SettingError{Setting: "TLSCAFile", Err: err}
 	}
 	mechanism, err := kafkaauth.Mechanism(cfg.SASLMechanism, cfg.SASLUser, cfg.SASLPassword)
 	if err != nil {
-		return nil, fmt.Errorf("SASL mechanism: %w", err)
+		return nil, &SettingError{Setting: "SASLMechanism", Err: err}
 	}
-	t := &kafka.Transport{ClientID: "outbox-relay", TLS: tlsConfig}
+	t := &kafka.Transport{ClientID: cfg.ClientID, TLS: tlsConfig}
 	if mechanism != nil {
 		t.SASL = kafkaauth.ForKafkaGo(mechanism)
 	}
@@ -252,16 +257,16 @@ func (p *Publisher) takeTurn(ctx context.Context) error {
 	return nil
 }
 
-// tooLarge fails a record kafka-go would refuse to send: it rejects a whole
-// WriteMessages call when one message exceeds BatchBytes.
+// tooLarge fails a record above MaxMessageBytes without sending it (kafka-go
+// would reject the whole WriteMessages call holding it).
 func (p *Publisher) tooLarge(index int, msg *kafka.Message) (outbox.Failure, bool) {
 	size := recordSize(msg)
-	if size <= p.cfg.BatchBytes {
+	if size <= p.cfg.MaxMessageBytes {
 		return outbox.Failure{}, false
 	}
 	return outbox.Failure{
 		Index:  index,
 		Reason: outbox.ReasonMessageTooLarge,
-		Err:    fmt.Errorf("record of %d bytes exceeds the batch limit of %d bytes: %w", size, p.cfg.BatchBytes, kafka.MessageSizeTooLarge),
+		Err:    fmt.Errorf("record of %d bytes exceeds the producer's max message bytes of %d: %w", size, p.cfg.MaxMessageBytes, kafka.MessageSizeTooLarge),
 	}, true
 }
