@@ -24,6 +24,7 @@ const (
 const (
 	ReasonMessageTooLarge   = "message_too_large"
 	ReasonInvalidTopic      = "invalid_topic"
+	ReasonUnknownTopic      = "unknown_topic" // the brokers did not know the topic for the whole unknown-topic timeout
 	ReasonTopicAuthFailed   = "topic_authorization_failed"
 	ReasonInvalidRecord     = "invalid_record"
 	ReasonRejected          = "rejected"

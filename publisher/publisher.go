@@ -41,6 +41,7 @@ type Publisher struct {
 	producer producer
 	balancer *balancer
 	topics   *topicCache
+	unknown  *unknownTopics
 	records  recordBuilder
 }
 
@@ -57,6 +58,7 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 		turn:     make(chan struct{}, 1),
 		balancer: &balancer{},
 		topics:   newTopicCache(cfg.TopicTemplate),
+		unknown:  newUnknownTopics(cfg.UnknownTopicTimeout),
 	}
 	transport := cfg.Transport
 	if transport == nil {
@@ -146,9 +148,9 @@ func (p *Publisher) Topic(ev *outbox.Event) (string, error) {
 
 // Publish writes events in order and returns once each is acked or
 // permanently failed. Retriable errors (broker down, connection refused,
-// leader not available, timeouts, unknown topic while it is being created,
-// ...) are retried with exponential backoff (BackoffMin..BackoffMax) until
-// ctx is done; each retry is logged at warn with the count and error, never
+// leader not available, timeouts, ...) are retried with exponential backoff
+// (BackoffMin..BackoffMax) until ctx is done, except an unknown topic: it is
+// retried for UnknownTopicTimeout, then its records fail as unknown_topic; each retry is logged at warn with the count and error, never
 // with payloads. It returns a non-nil error only when ctx ends before
 // everything was settled; the events are then all to be treated as unsent
 // (some may have been written). A produce request already in flight when ctx
