@@ -79,6 +79,15 @@ func TestTooLargeRecordDeadLettered(t *testing.T) {
 					n, e.describeRows(append(first, second...)))
 			}
 
+			// The stub's row is kept whole, moved in the ack's transaction.
+			if n := e.queryInt(`SELECT count(*) FROM public.outbox_dead_letter
+				WHERE id::text = $1 AND payload = $2::jsonb AND headers IS NOT DISTINCT FROM $3::jsonb
+				AND reason = $4 AND error <> '' AND lsn IS NOT NULL AND dead_lettered_at IS NOT NULL`,
+				big.id, *big.storedPayload, headersJSON(big.headers), reasonTooLarge); n != 1 {
+				t.Errorf("dead-letter table: %d whole copies of row %s, want 1 (%d rows in it)", n, big.id,
+					e.queryInt("SELECT count(*) FROM public.outbox_dead_letter"))
+			}
+
 			checkKeyOrder(t, records, seqByID(normal))
 			for _, r := range records {
 				if id, _ := header(r, "id"); id == big.id {
@@ -255,4 +264,14 @@ func TestInvalidTopicDeadLettered(t *testing.T) {
 		}
 		checkDeadLetter(t, r, byID[id], reasonInvalidTopic, true)
 	}
+}
+
+// headersJSON is the headers column's value for h (nil for SQL NULL).
+func headersJSON(h map[string]string) *string {
+	if h == nil {
+		return nil
+	}
+	b, _ := json.Marshal(h)
+	s := string(b)
+	return &s
 }
