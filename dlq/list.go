@@ -21,6 +21,9 @@ type Listing struct {
 	ByReason map[string]int `json:"by_reason"`
 	// Newest are the most recently dead-lettered records, newest first.
 	Newest []Entry `json:"newest"`
+	// Table is the dead-letter table in Postgres (rows kept whole because
+	// their record is a stub); nil when it was not read.
+	Table *TableListing `json:"table,omitempty"`
 }
 
 // List reads the whole dead-letter topic, from the start of every partition

@@ -92,6 +92,9 @@ type ReplayResult struct {
 	NotReplayable map[string]int `json:"not_replayable"`
 	// LimitReached says the replay stopped at the limit with records left.
 	LimitReached bool `json:"limit_reached"`
+	// Table is what the replay of the dead-letter table in Postgres did;
+	// nil when it did not run.
+	Table *TableReplayResult `json:"table,omitempty"`
 }
 
 // Replay re-publishes the dead-letter records to their original topics:

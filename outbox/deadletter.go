@@ -26,6 +26,7 @@ const (
 const (
 	ReasonMessageTooLarge   = "message_too_large"
 	ReasonInvalidTopic      = "invalid_topic"
+	ReasonUnknownTopic      = "unknown_topic" // the brokers did not know the topic for the whole unknown-topic timeout
 	ReasonTopicAuthFailed   = "topic_authorization_failed"
 	ReasonInvalidRecord     = "invalid_record"
 	ReasonRejected          = "rejected"
@@ -39,6 +40,57 @@ type Failure struct {
 	Reason string // one of the Reason* words above
 	Err    error
 }
+
+// Bounds of what a dead-letter record carries of its row: a value, headers
+// or key above them (the usual cause being message_too_large) would make the
+// dead letter too large for the dead-letter topic as well, and the relay
+// would stop on it for good. The value is then replaced by a small JSON stub
+// naming the row, the headers are left out, the key is cut.
+const (
+	MaxDeadLetterValue   = 512 << 10
+	MaxDeadLetterHeaders = 256 << 10
+	MaxDeadLetterKey     = 16 << 10
+)
+
+// HeadersSize is the bytes of the event's headers, keys and values.
+func (e *Event) HeadersSize() int {
+	n := 0
+	for _, h := range e.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
+}
+
+// Partial reports whether the dead-letter record of d leaves part of the row
+// out (a stub value, the headers, part of the key): such a row is kept whole
+// in the dead-letter table, in the transaction that records its delivery.
+func (d *DeadLetter) Partial() bool {
+	return d.StubValue() || d.Event.HeadersSize() > MaxDeadLetterHeaders || len(d.Event.AggregateID) > MaxDeadLetterKey
+}
+
+// StubValue reports whether the dead-letter record's value is a stub
+// instead of the row's payload.
+func (d *DeadLetter) StubValue() bool {
+	return len(d.Event.Payload) > MaxDeadLetterValue || d.Reason == ReasonMessageTooLarge
+}
+
+// Kept says why an event's row is copied into the dead-letter table.
+type Kept struct {
+	Reason string
+	Error  string
+}
+
+// KeptRow is a row to copy (ACK_MODE mark) or move (delete) into the
+// dead-letter table when its delivery is recorded.
+type KeptRow struct {
+	ID, Reason, Error string
+	LSN               string // "" when unknown
+}
+
+// DeadLetterTable is the table next to the outbox that keeps the rows whose
+// dead-letter record could not carry them whole: <outbox>_dead_letter in the
+// outbox's schema.
+func (t Table) DeadLetterTable() Table { return Table{Schema: t.Schema, Name: t.Name + "_dead_letter"} }
 
 // DeadLetter is an event on its way to the dead-letter topic and why. The
 // producer builds its record: the original key, value and headers plus the

@@ -64,6 +64,9 @@ type Event struct {
 	// Problem says why the row cannot become a record (a decode error such
 	// as a NULL aggregateid); such an event goes to the dead-letter topic.
 	Problem string
+	// Kept, set once the event was dead-lettered with a partial record, says
+	// why its row goes to the dead-letter table when it is recorded.
+	Kept *Kept
 
 	buf []byte
 }

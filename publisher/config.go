@@ -12,10 +12,17 @@ import (
 const (
 	DefaultTopicTemplate = "outbox.event.${aggregatetype}"
 	DefaultBatchSize     = 1000
-	DefaultBatchBytes    = 1 << 20 // Kafka's default max.message.bytes, give or take the batch header
-	DefaultWriteTimeout  = 10 * time.Second
-	DefaultBackoffMin    = 100 * time.Millisecond
-	DefaultBackoffMax    = 5 * time.Second
+	DefaultBatchBytes    = 1 << 20
+	// DefaultMaxMessageBytes is the largest record the producer itself
+	// sends: high enough that the broker's max.message.bytes (1048588 by
+	// default, often raised) decides, low enough to bound one request.
+	DefaultMaxMessageBytes     = 16 << 20
+	DefaultWriteTimeout        = 10 * time.Second
+	DefaultUnknownTopicTimeout = 30 * time.Second
+	DefaultClientID            = "outbox-relay"
+	DefaultCompression         = "none"
+	DefaultBackoffMin          = 100 * time.Millisecond
+	DefaultBackoffMax          = 5 * time.Second
 )
 
 // aggregateTypePlaceholder is replaced in the topic template by the event's
@@ -32,11 +39,22 @@ type Config struct {
 	TopicTemplate string
 	// BatchSize is the most records one produce call carries; default 1000.
 	BatchSize int
-	// BatchBytes is the most bytes one produce call carries, and so the
-	// largest record that can be sent, in kafka-go's accounting; default
-	// 1 MiB (1048576). Keep it at or below the topics' max.message.bytes:
-	// a batch the broker finds too large is re-sent one record at a time.
+	// BatchBytes is the most bytes one produce call carries for records
+	// that share it, in kafka-go's accounting; default 1 MiB (1048576). A
+	// larger record (up to MaxMessageBytes) is sent on its own. Keep it at
+	// or below the topics' max.message.bytes: a batch the broker finds too
+	// large is re-sent one record at a time.
 	BatchBytes int64
+	// MaxMessageBytes is the largest record sent at all; a larger one fails
+	// as message_too_large without being sent. Default 16 MiB: the broker's
+	// own limit decides below it.
+	MaxMessageBytes int64
+	// Compression of the produce batches: none, gzip, snappy, lz4 or zstd;
+	// default none.
+	Compression string
+	// ClientID names the connections to the brokers; default "outbox-relay".
+	// Ignored with a caller's Transport.
+	ClientID string
 	// WriteTimeout bounds one attempt: the metadata lookup and the produce
 	// request of one batch; default 10s.
 	WriteTimeout time.Duration
@@ -44,6 +62,11 @@ type Config struct {
 	// further failed attempt up to BackoffMax. Defaults 100ms and 5s.
 	BackoffMin time.Duration
 	BackoffMax time.Duration
+	// UnknownTopicTimeout is how long a topic the brokers do not know
+	// (UNKNOWN_TOPIC_OR_PARTITION: auto-creation off, or still being
+	// created) is retried before its records fail as unknown_topic;
+	// default 30s.
+	UnknownTopicTimeout time.Duration
 	// OnRetry, when set, is called with the kind (errorKind) of the error of
 	// every write that is retried (for metrics); it must not block.
 	OnRetry func(kind string)
@@ -82,8 +105,23 @@ func (cfg Config) withDefaults() (Config, error) {
 	if err := validTopic(expandTemplate(cfg.TopicTemplate, []byte("x"))); err != nil {
 		return cfg, fmt.Errorf("topic template %q: %w", cfg.TopicTemplate, err)
 	}
-	if cfg.BatchSize < 0 || cfg.BatchBytes < 0 || cfg.WriteTimeout < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 {
-		return cfg, errors.New("batch size, batch bytes, write timeout and backoffs must not be negative")
+	if cfg.BatchSize < 0 || cfg.BatchBytes < 0 || cfg.MaxMessageBytes < 0 || cfg.UnknownTopicTimeout < 0 || cfg.WriteTimeout < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 {
+		return cfg, errors.New("batch size, batch bytes, max message bytes, write timeout and backoffs must not be negative")
+	}
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if cfg.Compression == "" {
+		cfg.Compression = DefaultCompression
+	}
+	if _, err := compressionCodec(cfg.Compression); err != nil {
+		return cfg, &SettingError{Setting: "Compression", Err: err}
+	}
+	if cfg.UnknownTopicTimeout == 0 {
+		cfg.UnknownTopicTimeout = DefaultUnknownTopicTimeout
+	}
+	if cfg.ClientID == "" {
+		cfg.ClientID = DefaultClientID
 	}
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = DefaultBatchSize
@@ -105,3 +143,31 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	return cfg, nil
 }
+
+// compressionCodec returns kafka-go's codec for a Compression value.
+func compressionCodec(name string) (kafka.Compression, error) {
+	switch name {
+	case "none":
+		return 0, nil
+	case "gzip":
+		return kafka.Gzip, nil
+	case "snappy":
+		return kafka.Snappy, nil
+	case "lz4":
+		return kafka.Lz4, nil
+	case "zstd":
+		return kafka.Zstd, nil
+	}
+	return 0, fmt.Errorf("%q is not one of none, gzip, snappy, lz4, zstd", name)
+}
+
+// SettingError is an invalid Config field: Setting is the field's name
+// (TLSCAFile, SASLMechanism, Compression), so that the caller can name the
+// setting its user sets.
+type SettingError struct {
+	Setting string
+	Err     error
+}
+
+func (e *SettingError) Error() string { return e.Setting + ": " + e.Err.Error() }
+func (e *SettingError) Unwrap() error { return e.Err }

@@ -21,6 +21,8 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"template with a space", Config{Brokers: []string{"b"}, TopicTemplate: "out box.${aggregatetype}"}, "topic template"},
 		{"template too long", Config{Brokers: []string{"b"}, TopicTemplate: strings.Repeat("t", 249) + "${aggregatetype}"}, "topic template"},
 		{"negative batch size", Config{Brokers: []string{"b"}, BatchSize: -1}, "negative"},
+		{"compression", Config{Brokers: []string{"b"}, Compression: "brotli"}, "Compression"},
+		{"negative max message bytes", Config{Brokers: []string{"b"}, MaxMessageBytes: -1}, "negative"},
 		{"backoff max below min", Config{Brokers: []string{"b"}, BackoffMin: time.Second, BackoffMax: time.Millisecond}, "backoff"},
 	}
 	for _, tt := range tests {

@@ -10,20 +10,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
-// maxDeadLetterValue is the largest original value a dead-letter record
-// carries; a larger one (the usual cause being message_too_large) is replaced
-// by a small JSON stub naming the row and its size.
-const maxDeadLetterValue = 512 << 10
-
-// maxDeadLetterHeaders and maxDeadLetterKey bound the row's own headers and
-// the key in a dead letter: a record too large because of them would be
-// refused by the dead-letter topic as well, and the relay would stop on it
-// for good.
-const (
-	maxDeadLetterHeaders = 256 << 10
-	maxDeadLetterKey     = 16 << 10
-)
-
 // PublishDeadLetters writes the dead-letter records of dead to topic with the
 // same retry and failure rules as Publish; the failures index dead.
 func (p *Publisher) PublishDeadLetters(ctx context.Context, topic string, dead []outbox.DeadLetter) ([]outbox.Failure, error) {
@@ -39,25 +25,22 @@ func (p *Publisher) PublishDeadLetters(ctx context.Context, topic string, dead [
 func deadLetterMessage(topic string, d *outbox.DeadLetter) kafka.Message {
 	ev := d.Event
 	value := ev.Payload
-	if len(value) > maxDeadLetterValue || d.Reason == outbox.ReasonMessageTooLarge {
+	if d.StubValue() {
 		value = fmt.Appendf(nil, `{"outbox_dlq_stub":true,"id":%s,"size":%d}`, strconv.Quote(string(ev.ID)), len(ev.Payload))
 	}
 	errText := d.Error
-	rowHeaders := 0
-	for _, h := range ev.Headers {
-		rowHeaders += len(h.Key) + len(h.Value)
-	}
+	rowHeaders := ev.HeadersSize()
 	headers := make([]kafka.Header, 0, len(ev.Headers)+6)
-	if rowHeaders <= maxDeadLetterHeaders {
+	if rowHeaders <= outbox.MaxDeadLetterHeaders {
 		headers = appendEventHeaders(headers, ev)
 	} else {
 		headers = appendEventHeaders(headers, &outbox.Event{ID: ev.ID, Type: ev.Type})
 		errText += fmt.Sprintf(" (the row's %d headers, %d bytes, were left out of this dead letter)", len(ev.Headers), rowHeaders)
 	}
 	key := ev.AggregateID
-	if len(key) > maxDeadLetterKey {
-		errText += fmt.Sprintf(" (the key, %d bytes, was cut to %d)", len(key), maxDeadLetterKey)
-		key = key[:maxDeadLetterKey]
+	if len(key) > outbox.MaxDeadLetterKey {
+		errText += fmt.Sprintf(" (the key, %d bytes, was cut to %d)", len(key), outbox.MaxDeadLetterKey)
+		key = key[:outbox.MaxDeadLetterKey]
 	}
 	lsn := ""
 	if ev.LSN != 0 {

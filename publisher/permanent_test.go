@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,9 +42,9 @@ func failureIndexes(failures []outbox.Failure) []int {
 	return idx
 }
 
-// TestTooLargeForBatchBytes fails records above BatchBytes without sending
-// them (kafka-go would refuse the whole call) and delivers the others.
-func TestTooLargeForBatchBytes(t *testing.T) {
+// TestTooLargeForMaxMessageBytes fails records above MaxMessageBytes without
+// sending them (kafka-go would refuse the whole call) and delivers the others.
+func TestTooLargeForMaxMessageBytes(t *testing.T) {
 	c := newCluster(t)
 	var produced atomic.Int64
 	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
@@ -58,11 +59,13 @@ func TestTooLargeForBatchBytes(t *testing.T) {
 		return nil, nil, false
 	})
 	cfg := testConfig(c)
-	cfg.BatchBytes = 4096
+	cfg.BatchBytes = 1024
+	cfg.MaxMessageBytes = 4096
 	cfg.BatchSize = 8
 	p := newPublisher(t, cfg, zerolog.Nop())
 
 	events := makeEvents(40, 3, 200, "order")
+	events[20].Payload = bytes.Repeat([]byte("b"), 3000) // above BatchBytes, within MaxMessageBytes: sent alone
 	for _, i := range []int{0, 12, 13, 39} {
 		events[i].Payload = bytes.Repeat([]byte("HUGE"), 1100)
 	}
@@ -281,4 +284,46 @@ func TestCulpritSearchKeepsOrder(t *testing.T) {
 		t.Fatalf("refused %d batches, want 3 (the fault did not happen)", refused.Load())
 	}
 	checkDelivery(t, readTopic(t, c, "outbox.event.order"), events, nil)
+}
+
+// TestRecordTheBrokerTakesIsSent: with the default settings, a record above
+// 1 MiB that the topic's max.message.bytes allows reaches the topic; a record
+// above the topic's limit fails as message_too_large, refused by the broker.
+func TestRecordTheBrokerTakesIsSent(t *testing.T) {
+	c := newCluster(t)
+	createTopic(t, c, "outbox.event.order", 2, map[string]string{"max.message.bytes": strconv.Itoa(3 << 20)})
+	cfg := testConfig(c)
+	p := newPublisher(t, cfg, zerolog.Nop())
+
+	events := makeEvents(6, 2, 100, "order")
+	events[1].Payload = bytes.Repeat([]byte("m"), 2<<20)
+	events[4].Payload = bytes.Repeat([]byte("x"), 4<<20)
+	failures, err := p.Publish(context.Background(), events)
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if got := fmt.Sprint(failureIndexes(failures)); got != "[4]" {
+		t.Fatalf("failed indexes = %s (%v), want [4]", got, failures)
+	}
+	failed := failedSet(t, failures, outbox.ReasonMessageTooLarge)
+	checkDelivery(t, readTopic(t, c, "outbox.event.order"), events, failed)
+}
+
+// TestCompression: every codec's records read back as written.
+func TestCompression(t *testing.T) {
+	c := newCluster(t)
+	for _, codec := range []string{"none", "gzip", "snappy", "lz4", "zstd"} {
+		t.Run(codec, func(t *testing.T) {
+			cfg := testConfig(c)
+			cfg.Compression = codec
+			cfg.TopicTemplate = "compressed." + codec + ".${aggregatetype}"
+			p := newPublisher(t, cfg, zerolog.Nop())
+			events := makeEvents(50, 3, 500, "order")
+			failures, err := p.Publish(context.Background(), events)
+			if err != nil || len(failures) > 0 {
+				t.Fatalf("Publish: %v, failures %v", err, failures)
+			}
+			checkDelivery(t, readTopic(t, c, "compressed."+codec+".order"), events, nil)
+		})
+	}
 }

@@ -42,6 +42,7 @@ type Publisher struct {
 	producer producer
 	balancer *balancer
 	topics   *topicCache
+	unknown  *unknownTopics
 	records  recordBuilder
 }
 
@@ -58,6 +59,7 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 		turn:     make(chan struct{}, 1),
 		balancer: &balancer{},
 		topics:   newTopicCache(cfg.TopicTemplate),
+		unknown:  newUnknownTopics(cfg.UnknownTopicTimeout),
 	}
 	transport := cfg.Transport
 	if transport == nil {
@@ -77,7 +79,12 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 	addr := kafka.TCP(cfg.Brokers...)
 	p.check = &kafka.Client{Addr: addr, Transport: transport}
 	p.newProducer = func() producer {
-		return NewWriter(addr, transport, p.balancer, cfg.BatchSize, cfg.BatchBytes, cfg.WriteTimeout)
+		w := NewWriter(addr, transport, p.balancer, cfg.BatchSize, max(cfg.BatchBytes, cfg.MaxMessageBytes), cfg.WriteTimeout)
+		// kafka-go refuses a whole call holding one message above its
+		// BatchBytes: it is at least MaxMessageBytes, and chunkLen keeps
+		// the calls within cfg.BatchBytes.
+		w.Compression, _ = compressionCodec(cfg.Compression)
+		return w
 	}
 	p.producer = p.newProducer()
 	return p, nil
@@ -88,13 +95,13 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 func newTransport(cfg Config) (*kafka.Transport, error) {
 	tlsConfig, err := kafkaauth.TLSConfig(cfg.TLS, cfg.TLSCAFile, cfg.TLSSkipVerify)
 	if err != nil {
-		return nil, fmt.Errorf("TLS CA file: %w", err)
+		return nil, &SettingError{Setting: "TLSCAFile", Err: err}
 	}
 	mechanism, err := kafkaauth.Mechanism(cfg.SASLMechanism, cfg.SASLUser, cfg.SASLPassword)
 	if err != nil {
-		return nil, fmt.Errorf("SASL mechanism: %w", err)
+		return nil, &SettingError{Setting: "SASLMechanism", Err: err}
 	}
-	t := &kafka.Transport{ClientID: "outbox-relay", TLS: tlsConfig}
+	t := &kafka.Transport{ClientID: cfg.ClientID, TLS: tlsConfig}
 	if mechanism != nil {
 		t.SASL = kafkaauth.ForKafkaGo(mechanism)
 	}
@@ -143,9 +150,9 @@ func (p *Publisher) Topic(ev *outbox.Event) (string, error) {
 
 // Publish writes events in order and returns once each is acked or
 // permanently failed. Retriable errors (broker down, connection refused,
-// leader not available, timeouts, unknown topic while it is being created,
-// ...) are retried with exponential backoff (BackoffMin..BackoffMax) until
-// ctx is done; each retry is logged at warn with the count and error, never
+// leader not available, timeouts, ...) are retried with exponential backoff
+// (BackoffMin..BackoffMax) until ctx is done, except an unknown topic: it is
+// retried for UnknownTopicTimeout, then its records fail as unknown_topic; each retry is logged at warn with the count and error, never
 // with payloads. It returns a non-nil error only when ctx ends before
 // everything was settled; the events are then all to be treated as unsent
 // (some may have been written). A produce request already in flight when ctx
@@ -254,16 +261,16 @@ func (p *Publisher) takeTurn(ctx context.Context) error {
 	return nil
 }
 
-// tooLarge fails a record kafka-go would refuse to send: it rejects a whole
-// WriteMessages call when one message exceeds BatchBytes.
+// tooLarge fails a record above MaxMessageBytes without sending it (kafka-go
+// would reject the whole WriteMessages call holding it).
 func (p *Publisher) tooLarge(index int, msg *kafka.Message) (outbox.Failure, bool) {
 	size := recordSize(msg)
-	if size <= p.cfg.BatchBytes {
+	if size <= p.cfg.MaxMessageBytes {
 		return outbox.Failure{}, false
 	}
 	return outbox.Failure{
 		Index:  index,
 		Reason: outbox.ReasonMessageTooLarge,
-		Err:    fmt.Errorf("record of %d bytes exceeds the batch limit of %d bytes: %w", size, p.cfg.BatchBytes, kafka.MessageSizeTooLarge),
+		Err:    fmt.Errorf("record of %d bytes exceeds the producer's max message bytes of %d: %w", size, p.cfg.MaxMessageBytes, kafka.MessageSizeTooLarge),
 	}, true
 }

@@ -57,6 +57,7 @@ func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []
 	for retry := 1; ; retry++ {
 		err := p.write(ctx, msgs)
 		if err == nil {
+			p.unknown.written(msgs)
 			if retry > 1 {
 				p.log.Info().Int("retries", retry-1).Int("records", len(msgs)).Str("topic", msgs[0].Topic).
 					Msg("kafka write succeeded after retries")
@@ -83,6 +84,26 @@ func (p *Publisher) settle(ctx context.Context, msgs []kafka.Message, indexes []
 				return failures, nil
 			}
 			msgs, indexes = msgs[:n], indexes[:n]
+		} else if isUnknownTopic(err) {
+			// The metadata lookup of one of the call's topics failed, with
+			// no word on which: with several topics, each is settled on its
+			// own (their records share no partition, so no order is lost).
+			if groups, groupIndexes := byTopic(msgs, indexes); len(groups) > 1 {
+				for g := range groups {
+					if failures, err = p.settle(ctx, groups[g], groupIndexes[g], failures); err != nil {
+						return failures, err
+					}
+				}
+				return failures, nil
+			}
+			if gone := p.unknown.failed(msgs[0].Topic, err); gone != nil {
+				p.log.Error().Str("topic", msgs[0].Topic).Int("records", len(msgs)).Dur("timeout", p.cfg.UnknownTopicTimeout).
+					Msg("topic unknown to the brokers for the whole unknown-topic timeout: its records go to the dead-letter topic")
+				for _, i := range indexes {
+					failures = append(failures, outbox.Failure{Index: i, Reason: outbox.ReasonUnknownTopic, Err: gone})
+				}
+				return failures, nil
+			}
 		} else if c := classify(err); c.permanent() {
 			// The call was refused before anything was queued (the
 			// metadata of a topic, say), with no word on which record.
@@ -126,6 +147,12 @@ func (p *Publisher) sortOut(ctx context.Context, msgs []kafka.Message, indexes [
 			continue
 		}
 		c := classify(err)
+		if isUnknownTopic(err) {
+			if gone := p.unknown.failed(msgs[i].Topic, err); gone != nil {
+				c = classification{reason: outbox.ReasonUnknownTopic, topicWide: true}
+				err = gone
+			}
+		}
 		switch {
 		case !c.permanent():
 			msgs[n], indexes[n] = msgs[i], indexes[i]

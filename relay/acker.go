@@ -17,6 +17,7 @@ import (
 type tableAcker struct {
 	conn    *pgx.Conn
 	sql     string
+	keepSQL string // sql that also keeps rows in the dead-letter table ($3..$6)
 	log     zerolog.Logger
 	missing prometheus.Counter
 }
@@ -25,12 +26,26 @@ func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType 
 	// The ids travel as text[] (pgx encodes []string to it directly; asking
 	// for uuid[] made it try and fail a binary encoding per call) and are cast
 	// to the id column's own type so the primary key index is used.
-	ids := fmt.Sprintf("%s = ANY($1::text[]::%s[])", outbox.QuoteIdent(m.ID), strings.TrimSuffix(idType, "[]"))
+	idType = strings.TrimSuffix(idType, "[]")
+	ids := fmt.Sprintf("%s = ANY($1::text[]::%s[])", outbox.QuoteIdent(m.ID), idType)
 	record := fmt.Sprintf("DELETE FROM %s WHERE %s", table.Quoted(), ids)
+	unrecorded := "true"
 	if mode == outbox.AckMark {
 		published := outbox.QuoteIdent(m.PublishedAt)
 		record = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s AND %s IS NULL", table.Quoted(), published, ids, published)
+		unrecorded = "o." + published + " IS NULL"
 	}
+	// Every part of one statement sees the same snapshot: the INSERT reads
+	// the rows the DELETE removes, and both commit or neither. The row is
+	// copied by column name (jsonb_populate_record), so the dead-letter
+	// table needs no column list kept in step with the outbox; the id index
+	// on the dead-letter table makes a re-sent row a no-op.
+	dead := table.DeadLetterTable().Quoted()
+	keep := fmt.Sprintf(`kept AS (INSERT INTO %s
+		SELECT (jsonb_populate_record(NULL::%s, to_jsonb(o) || jsonb_build_object('reason', k.reason, 'error', k.error, 'lsn', NULLIF(k.lsn, ''), 'dead_lettered_at', now()))).*
+		FROM %s o JOIN unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS k(id, reason, error, lsn) ON o.%s = k.id::%s
+		WHERE %s
+		ON CONFLICT DO NOTHING), `, dead, dead, table.Quoted(), outbox.QuoteIdent(m.ID), idType, unrecorded)
 	// One statement, so one snapshot, both records the rows and counts the
 	// transactions ($2, 32-bit xids) that snapshot does not see as completed
 	// yet. pg_visible_in_snapshot asks the snapshot itself (the proc array),
@@ -40,13 +55,13 @@ func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType 
 	// its distance from the snapshot's xmin, modulo 2^32 as Postgres compares
 	// xids: a transaction still running is at or after xmin, one before it
 	// has completed.
-	sql := `WITH recorded AS (` + record + ` RETURNING 1),
+	sql := `recorded AS (` + record + ` RETURNING 1),
 		snap AS (SELECT pg_current_snapshot() AS s, pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
 		placed AS (SELECT s, xmin, (((x - (xmin & 4294967295) + 2147483648) % 4294967296 + 4294967296) % 4294967296) - 2147483648 AS after_xmin
 			FROM snap, unnest($2::bigint[]) AS x)
 		SELECT (SELECT count(*) FROM recorded),
 			(SELECT count(*) FROM placed WHERE after_xmin >= 0 AND NOT pg_visible_in_snapshot((xmin + after_xmin)::text::xid8, s))`
-	return &tableAcker{conn: conn, sql: sql, log: log, missing: missing}
+	return &tableAcker{conn: conn, sql: "WITH " + sql, keepSQL: "WITH " + keep + sql, log: log, missing: missing}
 }
 
 // maxVisibilityPoll is the longest pause between two tries of a batch whose
@@ -64,7 +79,10 @@ const maxVisibilityPoll = 100 * time.Millisecond
 // all completed, a row still missing is gone for good (deleted or marked
 // before: a transaction re-sent after a restart, a second slot, an
 // application that deletes its own row) and is counted, not waited for.
-func (a *tableAcker) Ack(ctx context.Context, ids []string, xids []uint32) error {
+//
+// The rows of kept are copied (ACK_MODE mark) or moved (delete) into the
+// dead-letter table by the same statement that records them.
+func (a *tableAcker) Ack(ctx context.Context, ids []string, xids []uint32, kept []outbox.KeptRow) error {
 	wide := make([]int64, len(xids))
 	for i, x := range xids {
 		wide[i] = int64(x)
@@ -75,8 +93,18 @@ func (a *tableAcker) Ack(ctx context.Context, ids []string, xids []uint32) error
 	warned := false
 	for {
 		var recorded, inProgress int64
-		if err := a.conn.QueryRow(ctx, a.sql, ids, wide).Scan(&recorded, &inProgress); err != nil {
-			return fmt.Errorf("record delivery of %d rows: %w", len(ids), err)
+		var err error
+		if len(kept) == 0 {
+			err = a.conn.QueryRow(ctx, a.sql, ids, wide).Scan(&recorded, &inProgress)
+		} else {
+			keptIDs, reasons, errs, lsns := make([]string, len(kept)), make([]string, len(kept)), make([]string, len(kept)), make([]string, len(kept))
+			for i, k := range kept {
+				keptIDs[i], reasons[i], errs[i], lsns[i] = k.ID, k.Reason, k.Error, k.LSN
+			}
+			err = a.conn.QueryRow(ctx, a.keepSQL, ids, wide, keptIDs, reasons, errs, lsns).Scan(&recorded, &inProgress)
+		}
+		if err != nil {
+			return fmt.Errorf("record delivery of %d rows (%d kept in the dead-letter table): %w", len(ids), len(kept), err)
 		}
 		matched += recorded
 		if matched >= int64(len(ids)) {

@@ -140,11 +140,9 @@ func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, a
 			return err
 		}
 		r.metrics.published.Add(float64(delivered))
-		ids = ids[:0]
-		for i := range batch {
-			ids = append(ids, string(batch[i].ID))
-		}
-		if err := acker.Ack(ctx, ids, nil); err != nil {
+		var kept []outbox.KeptRow
+		ids, kept = appendAck(ids[:0], nil, batch)
+		if err := acker.Ack(ctx, ids, nil, kept); err != nil {
 			return err
 		}
 		total += len(batch)

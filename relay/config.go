@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -58,6 +59,14 @@ type Config struct {
 	// moves them into PGURL and KafkaSASLPassword.
 	PGURLFromFile             string `env:"PG_URL_FILE,file"`
 	KafkaSASLPasswordFromFile string `env:"KAFKA_SASL_PASSWORD_FILE,file"`
+
+	// Producer settings; see publisher.Config for what each one does.
+	KafkaMaxMessageBytes     int64         `env:"KAFKA_MAX_MESSAGE_BYTES" envDefault:"16777216"`
+	KafkaBatchBytes          int64         `env:"KAFKA_BATCH_BYTES" envDefault:"1048576"`
+	KafkaCompression         string        `env:"KAFKA_COMPRESSION" envDefault:"none"`
+	KafkaClientID            string        `env:"KAFKA_CLIENT_ID" envDefault:"outbox-relay"`
+	KafkaWriteTimeout        time.Duration `env:"KAFKA_WRITE_TIMEOUT" envDefault:"10s"`
+	KafkaUnknownTopicTimeout time.Duration `env:"KAFKA_UNKNOWN_TOPIC_TIMEOUT" envDefault:"30s"`
 }
 
 // Needs says which connection settings a command requires.
@@ -65,6 +74,9 @@ type Needs struct {
 	Postgres bool // OUTBOX_RELAY_PG_URL (or _FILE)
 	Kafka    bool // OUTBOX_RELAY_KAFKA_BROKERS
 }
+
+// Compressions are the values of OUTBOX_RELAY_KAFKA_COMPRESSION.
+var Compressions = []string{"none", "gzip", "snappy", "lz4", "zstd"}
 
 // LoadConfig reads the configuration from environ (os.Environ() form) and
 // validates it. Every error names the variable at fault. The Postgres URL is
@@ -184,6 +196,24 @@ func (c Config) Validate() error {
 		}
 	default:
 		bad("KAFKA_SASL_MECHANISM", "%q is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512", c.KafkaSASLMechanism)
+	}
+	if c.KafkaMaxMessageBytes < 1024 || c.KafkaMaxMessageBytes > 1<<30 {
+		bad("KAFKA_MAX_MESSAGE_BYTES", "%d is outside [1024, 1073741824]", c.KafkaMaxMessageBytes)
+	}
+	if c.KafkaBatchBytes < 1024 || c.KafkaBatchBytes > 1<<30 {
+		bad("KAFKA_BATCH_BYTES", "%d is outside [1024, 1073741824]", c.KafkaBatchBytes)
+	}
+	if !slices.Contains(Compressions, c.KafkaCompression) {
+		bad("KAFKA_COMPRESSION", "%q is not one of %s", c.KafkaCompression, strings.Join(Compressions, ", "))
+	}
+	if c.KafkaClientID == "" {
+		bad("KAFKA_CLIENT_ID", "must not be empty")
+	}
+	if c.KafkaWriteTimeout <= 0 {
+		bad("KAFKA_WRITE_TIMEOUT", "%s must be positive", c.KafkaWriteTimeout)
+	}
+	if c.KafkaUnknownTopicTimeout <= 0 {
+		bad("KAFKA_UNKNOWN_TOPIC_TIMEOUT", "%s must be positive", c.KafkaUnknownTopicTimeout)
 	}
 	for _, b := range c.KafkaBrokers {
 		if _, _, err := net.SplitHostPort(strings.TrimSpace(b)); err != nil {

@@ -35,6 +35,12 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"LEADER_RETRY", cfg.LeaderRetry, 2 * time.Second},
 		{"HEARTBEAT_INTERVAL", cfg.HeartbeatInterval, 10 * time.Second},
 		{"brokers", len(cfg.KafkaBrokers), 2},
+		{"KAFKA_MAX_MESSAGE_BYTES", cfg.KafkaMaxMessageBytes, int64(16 << 20)},
+		{"KAFKA_BATCH_BYTES", cfg.KafkaBatchBytes, int64(1 << 20)},
+		{"KAFKA_COMPRESSION", cfg.KafkaCompression, "none"},
+		{"KAFKA_CLIENT_ID", cfg.KafkaClientID, "outbox-relay"},
+		{"KAFKA_WRITE_TIMEOUT", cfg.KafkaWriteTimeout, 10 * time.Second},
+		{"KAFKA_UNKNOWN_TOPIC_TIMEOUT", cfg.KafkaUnknownTopicTimeout, 30 * time.Second},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -65,6 +71,11 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"sasl mechanism", append(base, "OUTBOX_RELAY_KAFKA_SASL_MECHANISM=GSSAPI"), true, "OUTBOX_RELAY_KAFKA_SASL_MECHANISM"},
 		{"sasl without user", append(base, "OUTBOX_RELAY_KAFKA_SASL_MECHANISM=PLAIN"), true, "OUTBOX_RELAY_KAFKA_SASL_USER"},
 		{"reconcile batch", append(base, "OUTBOX_RELAY_RECONCILE_BATCH=0"), true, "OUTBOX_RELAY_RECONCILE_BATCH"},
+		{"max message bytes", append(base, "OUTBOX_RELAY_KAFKA_MAX_MESSAGE_BYTES=10"), true, "OUTBOX_RELAY_KAFKA_MAX_MESSAGE_BYTES"},
+		{"batch bytes", append(base, "OUTBOX_RELAY_KAFKA_BATCH_BYTES=lots"), true, "OUTBOX_RELAY_KAFKA_BATCH_BYTES"},
+		{"compression", append(base, "OUTBOX_RELAY_KAFKA_COMPRESSION=brotli"), true, "OUTBOX_RELAY_KAFKA_COMPRESSION"},
+		{"write timeout", append(base, "OUTBOX_RELAY_KAFKA_WRITE_TIMEOUT=0s"), true, "OUTBOX_RELAY_KAFKA_WRITE_TIMEOUT"},
+		{"unknown topic timeout", append(base, "OUTBOX_RELAY_KAFKA_UNKNOWN_TOPIC_TIMEOUT=-1s"), true, "OUTBOX_RELAY_KAFKA_UNKNOWN_TOPIC_TIMEOUT"},
 		{"negative heartbeat", append(base, "OUTBOX_RELAY_HEARTBEAT_INTERVAL=-1s"), true, "OUTBOX_RELAY_HEARTBEAT_INTERVAL"},
 	}
 	for _, tt := range tests {

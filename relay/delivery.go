@@ -50,6 +50,7 @@ func (d *deliverer) deliver(ctx context.Context, events []outbox.Event) (int, er
 	toPublish := events
 	var index []int // toPublish position → events position, when filtered
 	for i := range events {
+		events[i].Kept = nil
 		if events[i].Problem != "" {
 			if index == nil {
 				toPublish, index = make([]outbox.Event, 0, len(events)), make([]int, 0, len(events))
@@ -118,6 +119,11 @@ func (d *deliverer) deadLetter(ctx context.Context, dead []outbox.DeadLetter) er
 			d.dlqTopic, dl.Event.ID, dl.Event.LSN, dl.Reason, f.Reason, f.Err)
 	}
 	for _, dl := range dead {
+		if dl.Partial() {
+			// The record does not carry the row whole: the acker keeps
+			// the row in the dead-letter table before it is deleted.
+			dl.Event.Kept = &outbox.Kept{Reason: dl.Reason, Error: dl.Error}
+		}
 		d.metrics.deadLettered.WithLabelValues(dl.Reason).Inc()
 		e := d.log.Warn()
 		if dl.Event.LSN != 0 {

@@ -106,12 +106,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	// Series exist from the start, so rate() and increase() see the first event.
-	for _, reason := range []string{outbox.ReasonMessageTooLarge, outbox.ReasonInvalidTopic, outbox.ReasonTopicAuthFailed,
+	for _, reason := range []string{outbox.ReasonMessageTooLarge, outbox.ReasonUnknownTopic, outbox.ReasonInvalidTopic, outbox.ReasonTopicAuthFailed,
 		outbox.ReasonInvalidRecord, outbox.ReasonRejected, outbox.ReasonDecodeError, outbox.ReasonUnackedAfterGrace} {
 		m.deadLettered.WithLabelValues(reason)
 		m.brokerErrors.WithLabelValues(reason)
 	}
-	for _, kind := range []string{"network", "timeout"} {
+	for _, kind := range []string{"network", "timeout", "unknown_topic_or_partition"} {
 		m.brokerErrors.WithLabelValues(kind)
 	}
 	reg.MustRegister(m.ackMissing, m.published, m.deadLettered, m.transactions, m.commitToAck, m.inflightBytes,

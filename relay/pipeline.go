@@ -18,8 +18,31 @@ import (
 // rowAcker records in Postgres that rows were delivered (delete or mark).
 type rowAcker interface {
 	// Ack records the rows of ids, delivered from the transactions of xids
-	// (none for rows read from a snapshot).
-	Ack(ctx context.Context, ids []string, xids []uint32) error
+	// (none for rows read from a snapshot), and keeps the rows of kept (a
+	// subset of ids) in the dead-letter table in the same transaction.
+	Ack(ctx context.Context, ids []string, xids []uint32, kept []outbox.KeptRow) error
+}
+
+// appendAck appends the ids of events to ids, and the rows to keep in the
+// dead-letter table to kept. A row without an id (NULL: the table changed
+// under the relay) cannot be recorded by id; it stays in the table, for the
+// reconciler to find.
+func appendAck(ids []string, kept []outbox.KeptRow, events []outbox.Event) ([]string, []outbox.KeptRow) {
+	for i := range events {
+		ev := &events[i]
+		if ev.ID == nil {
+			continue
+		}
+		ids = append(ids, string(ev.ID))
+		if ev.Kept != nil {
+			lsn := ""
+			if ev.LSN != 0 {
+				lsn = ev.LSN.String()
+			}
+			kept = append(kept, outbox.KeptRow{ID: string(ev.ID), Reason: ev.Kept.Reason, Error: ev.Kept.Error, LSN: lsn})
+		}
+	}
+	return ids, kept
 }
 
 // batch is a run of events of one transaction, handed from the stream to the
@@ -130,6 +153,7 @@ func (p *pipeline) Message(ctx context.Context, walStart outbox.LSN, data []byte
 	}
 	ev := &p.cur.events[:n+1][n]
 	msg, err := p.dec.Decode(data, ev)
+	ev.Kept = nil // a recycled event's, until its delivery says otherwise
 	if err != nil {
 		var rowErr *decoder.RowError
 		if !errors.As(err, &rowErr) || msg.Kind != decoder.KindInsert {
@@ -320,6 +344,17 @@ func (p *pipeline) publishLoop(ctx context.Context) error {
 			return err
 		}
 		p.metrics.published.Add(float64(delivered))
+		if len(batches) > 1 && delivered < len(events) {
+			// The acker reads the batches: hand back which rows go to the
+			// dead-letter table.
+			k := 0
+			for _, b := range batches {
+				for j := range b.events {
+					b.events[j].Kept = scratch[k].Kept
+					k++
+				}
+			}
+		}
 		now := time.Now().UnixNano()
 		for _, b := range batches {
 			p.metrics.commitToAck.Observe(float64(now-b.events[0].CommitTime) / 1e9)
@@ -339,21 +374,20 @@ func (p *pipeline) publishLoop(ctx context.Context) error {
 func (p *pipeline) ackLoop(ctx context.Context) error {
 	var ids []string
 	var xids []uint32
+	var kept []outbox.KeptRow
 	for {
 		batches, err := p.take(ctx, &p.toAck, p.ackWake)
 		if err != nil {
 			return nil
 		}
-		ids, xids = ids[:0], xids[:0]
+		ids, xids, kept = ids[:0], xids[:0], kept[:0]
 		for _, b := range batches {
 			if len(xids) == 0 || xids[len(xids)-1] != b.xid {
 				xids = append(xids, b.xid)
 			}
-			for i := range b.events {
-				ids = append(ids, string(b.events[i].ID))
-			}
+			ids, kept = appendAck(ids, kept, b.events)
 		}
-		if err := p.acker.Ack(ctx, ids, xids); err != nil {
+		if err := p.acker.Ack(ctx, ids, xids, kept); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}

@@ -25,6 +25,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/reconciler"
 	"github.com/outbox-relay/outbox-relay/replication"
+	"github.com/outbox-relay/outbox-relay/sql"
 )
 
 // fatalError is an error that retrying cannot fix: the relay stops.
@@ -326,6 +327,9 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 
 	var acker rowAcker
 	if cfg.AckMode.RecordsDelivery() {
+		if err := ensureDeadLetterTable(ctx, conn, table, log); err != nil {
+			return err
+		}
 		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode, log, r.metrics.ackMissing)
 	}
 	slot, err := r.ensureSlot(ctx, conn, repl, acker, log)
@@ -508,4 +512,19 @@ func (b *backoff) next() time.Duration {
 		b.cur = min(b.cur*2, b.max)
 	}
 	return b.cur
+}
+
+// ensureDeadLetterTable creates the dead-letter table next to the outbox if
+// it is missing, or refuses to stream: without it a row whose dead-letter
+// record is a stub could not be recorded, and the relay would stop on it.
+func ensureDeadLetterTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, log zerolog.Logger) error {
+	dead := table.DeadLetterTable()
+	if _, err := replication.TableColumns(ctx, conn, dead); err == nil {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, sql.DeadLetterTable(table)); err != nil {
+		return fatalf("dead-letter table %s does not exist and cannot be created (%v): run `outbox-relay setup` or the DDL in sql/outbox.sql as an admin, then grant the relay's role SELECT, INSERT, DELETE on it (sql/roles.sql)", dead, err)
+	}
+	log.Info().Str("table", dead.String()).Msg("created the dead-letter table")
+	return nil
 }

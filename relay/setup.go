@@ -48,6 +48,15 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 		}
 		fmt.Fprintf(out, "table %s: created\n", table)
 	}
+	dead := table.DeadLetterTable()
+	if _, err := replication.TableColumns(ctx, conn, dead); err == nil {
+		fmt.Fprintf(out, "dead-letter table %s: exists\n", dead)
+	} else {
+		if _, err := conn.Exec(ctx, sql.DeadLetterTable(table)); err != nil {
+			return fmt.Errorf("create dead-letter table %s: %w (an admin can run the DDL in sql/outbox.sql)", dead, err)
+		}
+		fmt.Fprintf(out, "dead-letter table %s: created\n", dead)
+	}
 	cols, err := replication.CheckTable(ctx, conn, table, mapping, cfg.AckMode)
 	if err != nil {
 		return err

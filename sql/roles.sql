@@ -126,6 +126,20 @@ REVOKE ALL ON TABLE :"schema".:"table" FROM :"role";
 GRANT SELECT, DELETE ON TABLE :"schema".:"table" TO :"role";
 GRANT UPDATE (published_at) ON TABLE :"schema".:"table" TO :"role";
 
+--    The dead-letter table next to it (<table>_dead_letter, sql/outbox.sql):
+--    INSERT when a row whose dead-letter record is a stub is recorded,
+--    SELECT and DELETE for `outbox-relay dlq ls` and `dlq replay`.
+\set dead_letter_table :table _dead_letter
+SELECT format('%I.%I', :'schema', :'table' || '_dead_letter') AS dead_letter_qualified,
+       to_regclass(format('%I.%I', :'schema', :'table' || '_dead_letter')) IS NOT NULL AS dead_letter_exists \gset
+\if :dead_letter_exists
+  REVOKE ALL ON TABLE :"schema".:"dead_letter_table" FROM :"role";
+  GRANT SELECT, INSERT, DELETE ON TABLE :"schema".:"dead_letter_table" TO :"role";
+\else
+  \echo 'roles.sql: dead-letter table' :dead_letter_qualified 'does not exist: create it (sql/outbox.sql) and re-run this script: `outbox-relay run` refuses to start without it'
+
+\endif
+
 -- 5. The publication: created here, owned by the admin. The relay only reads
 --    it (over the replication connection), which needs no privilege on it.
 --    `outbox-relay setup` run as this role cannot create it (it fails with

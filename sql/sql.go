@@ -12,9 +12,28 @@ import (
 //go:embed outbox.sql
 var outboxDDL string
 
-// OutboxTable returns the DDL that creates table and its index, idempotently.
+// deadLetterSection starts the dead-letter table's part of outbox.sql.
+const deadLetterSection = "-- {{DEAD_LETTER_SECTION}}\n"
+
+// OutboxTable returns the DDL that creates table, its index and its
+// dead-letter table, idempotently.
 func OutboxTable(table outbox.Table) string {
+	return replacer(table).Replace(strings.Replace(outboxDDL, deadLetterSection, "", 1))
+}
+
+// DeadLetterTable returns the DDL that creates the dead-letter table of
+// table (outbox.Table.DeadLetterTable) and its index, idempotently.
+func DeadLetterTable(table outbox.Table) string {
+	_, ddl, _ := strings.Cut(outboxDDL, deadLetterSection)
+	return replacer(table).Replace(ddl)
+}
+
+func replacer(table outbox.Table) *strings.Replacer {
+	dead := table.DeadLetterTable()
 	// An index name cannot be schema-qualified: it lives in the table's schema.
-	index := outbox.QuoteIdent(table.Name + "_unacked_idx")
-	return strings.NewReplacer("{{TABLE}}", table.Quoted(), "{{INDEX}}", index).Replace(outboxDDL)
+	return strings.NewReplacer(
+		"{{TABLE}}", table.Quoted(),
+		"{{INDEX}}", outbox.QuoteIdent(table.Name+"_unacked_idx"),
+		"{{DEAD_LETTER_TABLE}}", dead.Quoted(),
+		"{{DEAD_LETTER_INDEX}}", outbox.QuoteIdent(dead.Name+"_id_idx"))
 }

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -79,6 +81,15 @@ func TestTooLargeRecordDeadLettered(t *testing.T) {
 					n, e.describeRows(append(first, second...)))
 			}
 
+			// The stub's row is kept whole, moved in the ack's transaction.
+			if n := e.queryInt(`SELECT count(*) FROM public.outbox_dead_letter
+				WHERE id::text = $1 AND payload = $2::jsonb AND headers IS NOT DISTINCT FROM $3::jsonb
+				AND reason = $4 AND error <> '' AND lsn IS NOT NULL AND dead_lettered_at IS NOT NULL`,
+				big.id, *big.storedPayload, headersJSON(big.headers), reasonTooLarge); n != 1 {
+				t.Errorf("dead-letter table: %d whole copies of row %s, want 1 (%d rows in it)", n, big.id,
+					e.queryInt("SELECT count(*) FROM public.outbox_dead_letter"))
+			}
+
 			checkKeyOrder(t, records, seqByID(normal))
 			for _, r := range records {
 				if id, _ := header(r, "id"); id == big.id {
@@ -117,6 +128,32 @@ func TestTooLargeRecordDeadLettered(t *testing.T) {
 			}
 			if n := e.endOffsetsTotal(exactTopic(topic)); n != int64(len(normal)) {
 				t.Errorf("%d records in %s after the replay, want %d: a stub must not be replayed", n, topic, len(normal))
+			}
+			// The row in the table is tried and refused again: it stays.
+			if replay.Table == nil || replay.Table.Replayed != 0 || sumCounts(replay.Table.Failed) != 1 {
+				t.Fatalf("dlq replay of the table: %+v, want the row refused again", replay.Table)
+			}
+			if n := e.queryInt("SELECT count(*) FROM public.outbox_dead_letter"); n != 1 {
+				t.Fatalf("%d rows in the dead-letter table after a refused replay, want 1", n)
+			}
+			if tt.topicMaxBytes == 0 {
+				return
+			}
+			// Once the limit was raised, replay sends the whole row and
+			// removes it from the table.
+			raiseMaxMessageBytes(t, e.kafka.Cluster().ListenAddrs(), topic, 1<<20)
+			replay = e.replayJSON(nil, "replay")
+			if replay.Table == nil || replay.Table.Replayed != 1 {
+				t.Fatalf("dlq replay after raising the limit: %+v, want the row replayed", replay.Table)
+			}
+			if n := e.queryInt("SELECT count(*) FROM public.outbox_dead_letter"); n != 0 {
+				t.Errorf("%d rows in the dead-letter table after the replay, want 0", n)
+			}
+			all := e.readEvents(time.Minute, exactTopic(topic), idSet(append(normal, big)))
+			for _, r := range all {
+				if id, _ := header(r, "id"); id == big.id && string(r.Value) != *big.storedPayload {
+					t.Errorf("replayed record value is %d bytes, want the row's payload of %d", len(r.Value), len(*big.storedPayload))
+				}
 			}
 		})
 	}
@@ -254,5 +291,42 @@ func TestInvalidTopicDeadLettered(t *testing.T) {
 			continue
 		}
 		checkDeadLetter(t, r, byID[id], reasonInvalidTopic, true)
+	}
+}
+
+// headersJSON is the headers column's value for h (nil for SQL NULL).
+func headersJSON(h map[string]string) *string {
+	if h == nil {
+		return nil
+	}
+	b, _ := json.Marshal(h)
+	s := string(b)
+	return &s
+}
+
+// raiseMaxMessageBytes sets topic's max.message.bytes.
+func raiseMaxMessageBytes(t *testing.T, brokers []string, topic string, n int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrIncrementalAlterConfigsRequest()
+	res := kmsg.NewIncrementalAlterConfigsRequestResource()
+	res.ResourceType = kmsg.ConfigResourceTypeTopic
+	res.ResourceName = topic
+	c := kmsg.NewIncrementalAlterConfigsRequestResourceConfig()
+	c.Name, c.Value = "max.message.bytes", kmsg.StringPtr(fmt.Sprint(n))
+	res.Configs = append(res.Configs, c)
+	req.Resources = append(req.Resources, res)
+	resp, err := req.RequestWith(context.Background(), cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range resp.Resources {
+		if err := kerr.ErrorForCode(r.ErrorCode); err != nil {
+			t.Fatalf("alter %s: %v", topic, err)
+		}
 	}
 }

@@ -201,6 +201,10 @@ type replayResult struct {
 	Skipped       map[string]int `json:"skipped"`
 	NotReplayable map[string]int `json:"not_replayable"`
 	LimitReached  bool           `json:"limit_reached"`
+	Table         *struct {
+		Replayed int            `json:"replayed"`
+		Failed   map[string]int `json:"failed"`
+	} `json:"table"`
 }
 
 func sumCounts(counts map[string]int) int {

@@ -15,11 +15,13 @@ import (
 	"text/tabwriter"
 	"unicode"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
 	"github.com/outbox-relay/outbox-relay/dlq"
 	"github.com/outbox-relay/outbox-relay/internal/kafkaauth"
 	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/publisher"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
@@ -64,8 +66,12 @@ records stay available to an unfiltered replay (which then sends the
 filtered reason's records again: consumers de-duplicate by the id header).
 
 Records whose value was replaced by a stub (too large to keep), or that name
-no original topic or an invalid one, cannot be replayed; they are counted and
-passed over.
+no original topic or an invalid one, cannot be replayed from the topic; they
+are counted and passed over. A stub's row is kept whole in the dead-letter
+table next to the outbox (<OUTBOX_RELAY_TABLE>_dead_letter): after the topic,
+replay sends those rows (same --reason, --limit and --dry-run) with the
+relay's producer settings, and deletes each row once its record was acked. A
+row refused again stays in the table.
 
 flags:
 `
@@ -112,6 +118,28 @@ func dlqSession(cfg relay.Config, stderr io.Writer) (ctx context.Context, cancel
 	return ctx, cancel, dlqCfg, true
 }
 
+// openDeadLetterTable connects to Postgres when the outbox's dead-letter
+// table exists; nil (and no error) when it does not, or when no Postgres
+// URL is configured (the dlq commands then work on the topic alone).
+func openDeadLetterTable(ctx context.Context, cfg relay.Config) (*pgx.Conn, error) {
+	if cfg.PGURL == "" {
+		return nil, nil
+	}
+	conn, err := pgx.Connect(ctx, cfg.PGURL)
+	if err != nil {
+		return nil, fmt.Errorf("connect to Postgres for the dead-letter table: %w", err)
+	}
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", cfg.TableName().DeadLetterTable().Quoted()).Scan(&exists); err != nil || !exists {
+		conn.Close(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("look up the dead-letter table: %w", err)
+		}
+		return nil, nil
+	}
+	return conn, nil
+}
+
 func runDLQList(args []string, relayCfg relay.Config, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("dlq ls", flag.ContinueOnError)
 	flags.SetOutput(stderr)
@@ -130,6 +158,9 @@ func runDLQList(args []string, relayCfg relay.Config, stdout, stderr io.Writer) 
 	}
 	defer cancel()
 	listing, err := dlq.List(ctx, cfg, *limit)
+	if err == nil {
+		listing.Table, err = listTable(ctx, relayCfg, *limit)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "outbox-relay dlq ls: %v\n", err)
 		return exitFailed
@@ -142,7 +173,30 @@ func runDLQList(args []string, relayCfg relay.Config, stdout, stderr io.Writer) 
 		return exitOK
 	}
 	printListing(stdout, listing)
+	if t := listing.Table; t != nil {
+		fmt.Fprintf(stdout, "\ndead-letter table %s: %d rows kept whole (their records are stubs; `dlq replay` sends them)\n", t.Table, t.Total)
+		if t.Total > 0 {
+			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "DEAD-LETTERED AT\tID\tREASON\tLSN\tERROR")
+			for _, e := range t.Newest {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.DeadLetteredAt.UTC().Format(dlqTimeFormat), printable(e.ID, 64),
+					printable(e.Reason, 0), orDash(e.LSN), printable(e.Error, 200))
+			}
+			tw.Flush()
+		}
+	}
 	return exitOK
+}
+
+// listTable lists the dead-letter table; nil when there is none.
+func listTable(ctx context.Context, cfg relay.Config, limit int) (*dlq.TableListing, error) {
+	conn, err := openDeadLetterTable(ctx, cfg)
+	if err != nil || conn == nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	l, err := dlq.ListTable(ctx, conn, cfg.TableName(), cfg.Mapping(), limit)
+	return &l, err
 }
 
 func printListing(out io.Writer, l dlq.Listing) {
@@ -199,6 +253,9 @@ func runDLQReplay(args []string, relayCfg relay.Config, stdout, stderr io.Writer
 		opts.OnRecord = func(d dlq.Decision) { printDecision(stdout, d) }
 	}
 	result, err := dlq.Replay(ctx, cfg, opts)
+	if err == nil {
+		result.Table, err = replayTable(ctx, relayCfg, *reason, *limit, *dryRun)
+	}
 	if *asJSON {
 		if encErr := json.NewEncoder(stdout).Encode(result); encErr != nil && err == nil {
 			err = encErr
@@ -253,6 +310,13 @@ func printReplaySummary(out io.Writer, r dlq.ReplayResult, limit int) {
 	fmt.Fprintln(out)
 	if r.LimitReached {
 		fmt.Fprintf(out, "stopped at --limit %d with records left: run again to go on\n", limit)
+	}
+	if t := r.Table; t != nil {
+		fmt.Fprintf(out, "%sdead-letter table %s: %s %d", prefix, t.Table, verb, t.Replayed)
+		if n := total(t.Failed); n > 0 {
+			fmt.Fprintf(out, ", refused again %d%s (kept in the table: raise the topic's max.message.bytes and OUTBOX_RELAY_KAFKA_MAX_MESSAGE_BYTES)", n, countsSuffix(t.Failed))
+		}
+		fmt.Fprintln(out)
 	}
 }
 
@@ -375,4 +439,22 @@ func trimAll(ss []string) []string {
 		}
 	}
 	return out
+}
+
+// replayTable replays the dead-letter table's rows with a producer of the
+// relay's own settings, so they reach the topics the relay would have sent
+// them to; nil when there is no such table.
+func replayTable(ctx context.Context, cfg relay.Config, reason string, limit int, dryRun bool) (*dlq.TableReplayResult, error) {
+	conn, err := openDeadLetterTable(ctx, cfg)
+	if err != nil || conn == nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	pub, err := newProducer(cfg, zerolog.Nop())(nil)
+	if err != nil {
+		return nil, err
+	}
+	defer pub.Close()
+	r, err := dlq.ReplayTable(ctx, conn, cfg.TableName(), cfg.Mapping(), pub.(*publisher.Publisher), reason, limit, dryRun)
+	return &r, err
 }

@@ -169,21 +169,47 @@ func runSetup(args []string, cfg relay.Config, log zerolog.Logger, stdout, stder
 func newProducer(cfg relay.Config, log zerolog.Logger) relay.NewProducer {
 	return func(onRetry func(kind string)) (relay.Producer, error) {
 		pub, err := publisher.New(publisher.Config{
-			Brokers:       trimAll(cfg.KafkaBrokers),
-			TopicTemplate: cfg.Topic,
-			OnRetry:       onRetry,
-			TLS:           cfg.KafkaTLS,
-			TLSCAFile:     cfg.KafkaTLSCAFile,
-			TLSSkipVerify: cfg.KafkaTLSSkipVerify,
-			SASLMechanism: cfg.KafkaSASLMechanism,
-			SASLUser:      cfg.KafkaSASLUser,
-			SASLPassword:  cfg.KafkaSASLPassword,
+			Brokers:             trimAll(cfg.KafkaBrokers),
+			TopicTemplate:       cfg.Topic,
+			BatchBytes:          cfg.KafkaBatchBytes,
+			MaxMessageBytes:     cfg.KafkaMaxMessageBytes,
+			Compression:         cfg.KafkaCompression,
+			ClientID:            cfg.KafkaClientID,
+			WriteTimeout:        cfg.KafkaWriteTimeout,
+			UnknownTopicTimeout: cfg.KafkaUnknownTopicTimeout,
+			OnRetry:             onRetry,
+			TLS:                 cfg.KafkaTLS,
+			TLSCAFile:           cfg.KafkaTLSCAFile,
+			TLSSkipVerify:       cfg.KafkaTLSSkipVerify,
+			SASLMechanism:       cfg.KafkaSASLMechanism,
+			SASLUser:            cfg.KafkaSASLUser,
+			SASLPassword:        cfg.KafkaSASLPassword,
 		}, log)
 		if err != nil {
-			return nil, err
+			return nil, nameSetting(err)
 		}
 		return pub, nil
 	}
+}
+
+// settingVariables names the variable behind each publisher.Config field
+// that can be invalid in a way only the publisher finds out.
+var settingVariables = map[string]string{
+	"TLSCAFile":     "KAFKA_TLS_CA_FILE",
+	"SASLMechanism": "KAFKA_SASL_MECHANISM",
+	"Compression":   "KAFKA_COMPRESSION",
+}
+
+// nameSetting rewrites a publisher error about one setting to name the
+// environment variable a user sets.
+func nameSetting(err error) error {
+	var se *publisher.SettingError
+	if errors.As(err, &se) {
+		if v, ok := settingVariables[se.Setting]; ok {
+			return fmt.Errorf("%s%s: %w", relay.EnvPrefix, v, se.Err)
+		}
+	}
+	return err
 }
 
 // runDaemon runs the relay until a signal: the first SIGTERM/SIGINT starts a
