@@ -222,4 +222,3 @@ func (w *world) waitCommits(wr *writer, n int64, timeout time.Duration) {
 		return got >= n, fmt.Sprintf("%d commits, %d failures", got, wr.failures.Load())
 	})
 }
-

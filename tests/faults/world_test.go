@@ -317,4 +317,3 @@ func (w *world) waitFor(timeout time.Duration, what string, cond func() (bool, s
 		time.Sleep(50 * time.Millisecond) // poll interval
 	}
 }
-
