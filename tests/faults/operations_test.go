@@ -255,8 +255,9 @@ func badConfiguration(t *testing.T) {
 		}
 		if objs := writtenObjects(ctx, url, w.name); objs != "" {
 			t.Errorf("%s: the failed run left %s behind, want nothing written", c.name, objs)
+			removeObjects(ctx, url, w.name) // the next case starts clean
 		}
-		verdicts = append(verdicts, fmt.Sprintf("%s: exited=%v code %d", c.name, exited, code))
+		verdicts = append(verdicts, fmt.Sprintf("%s: exited=%v code %d, error %q", c.name, exited, code, errorField(msg)))
 	}
 	if n := len(w.consumer.snapshot()); n > 0 {
 		t.Errorf("%d records written by runs that should have failed", n)
@@ -312,6 +313,29 @@ func writtenObjects(ctx context.Context, url, name string) string {
 		parts = append(parts, "a publication")
 	}
 	return strings.Join(parts, " and ")
+}
+
+// removeObjects drops the slot and publication called name on the server
+// at url.
+func removeObjects(ctx context.Context, url, name string) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return
+	}
+	defer conn.Close(ctx)
+	conn.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", name)
+	conn.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{name}.Sanitize())
+}
+
+// errorField is the error field of a JSON log line, or the line.
+func errorField(line string) string {
+	var entry struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal([]byte(line), &entry) == nil && entry.Error != "" {
+		return entry.Error
+	}
+	return line
 }
 
 func dropRole(t *testing.T, role string) {

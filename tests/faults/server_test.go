@@ -56,11 +56,13 @@ func walsenderFrozen(t *testing.T) {
 	frozen := time.Now()
 	time.Sleep(15 * time.Second) // frozen for three times wal_sender_timeout
 	syscall.Kill(pid, syscall.SIGCONT)
-	w.waitFor(time.Minute, "a walsender to stream again", func() (bool, string) {
+	resumed := w.lsn("SELECT pg_current_wal_lsn()")
+	w.waitFor(time.Minute, "the slot to be confirmed past the WAL written during the freeze", func() (bool, string) {
 		s := w.slot()
-		return s.active && s.activePID != pid, fmt.Sprintf("slot %+v (frozen walsender %d)", s, pid)
+		return s.confirmed >= resumed, fmt.Sprintf("slot %+v, want confirmed >= %s", s, resumed)
 	})
-	w.notef("streaming again %.1fs after the freeze began", time.Since(frozen).Seconds())
+	w.notef("confirmed past the freeze %.1fs after it began; walsender replaced: %v; relay's last error: %s",
+		time.Since(frozen).Seconds(), w.slot().activePID != pid, lastError(p.Output()))
 	w.waitCommits(wr, 200, 30*time.Second)
 	wr.stop()
 	if p.Exited() {
