@@ -42,3 +42,11 @@ lint:
 .PHONY: bench
 bench: pg-binaries build
 	$(GO) run ./cmd/outbox-bench -relay bin/outbox-relay $(if $(JSON),-json) $(if $(PROFILE),-profile) $(BENCH_FLAGS)
+
+# The fault suite: every scenario of tests/faults against a throw-away
+# Postgres and the relay as a subprocess, each ending in the same audit
+# (lost, duplicates, order, confirmed position); prints one table.
+# FAULTS_FLAGS passes more, e.g. FAULTS_FLAGS="-run TestFaults/02 -faults.kills 5".
+.PHONY: faults
+faults: pg-binaries
+	$(GO) test -tags faults -count=1 -timeout 60m -v ./tests/faults -run TestFaults $(FAULTS_FLAGS)

@@ -174,6 +174,17 @@ func (p *Postgres) Restart(ctx context.Context) error {
 	return err
 }
 
+// CrashRestart stops the server as a crash does (pg_ctl stop -m immediate:
+// no checkpoint, every backend ended at once) and starts it again, so that
+// it recovers from its WAL.
+func (p *Postgres) CrashRestart(ctx context.Context) error {
+	if _, err := p.run(ctx, "pg_ctl", "stop", "-w", "-t", "60", "-m", "immediate", "-D", p.dataDir()); err != nil {
+		return err
+	}
+	_, err := p.run(ctx, "pg_ctl", "start", "-w", "-t", "60", "-D", p.dataDir(), "-l", p.logFile())
+	return err
+}
+
 // Stop shuts the server down and removes its directory. Only the first call
 // does anything; later calls return the first call's result.
 func (p *Postgres) Stop() error {
