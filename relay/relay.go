@@ -163,10 +163,24 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 			return nil
 		}
 		if pub := droppedPublication(err); pub != "" {
-			return fatalf("the walsender cannot decode the slot's WAL: publication %q was dropped (and perhaps recreated) "+
-				"while the slot had changes to stream, and Postgres decodes each change with the publications of its own time: "+
-				"the slot cannot move past them. Run `outbox-relay setup --recreate-slot`, then start the relay: it recreates the slot "+
-				"and backfills the unacked rows from the table (%w)", pub, err)
+			// Postgres decodes each change with the publications of its
+			// own time, so a slot whose WAL spans a dropped publication
+			// can never move past it. Every undelivered row is still in
+			// the table (ACK_MODE delete/mark), so a new slot and a
+			// backfill from its snapshot lose nothing.
+			if !r.cfg.AckMode.RecordsDelivery() {
+				return fatalf("publication %q was dropped while the slot had changes to stream, and the slot cannot move past them; "+
+					"with ACK_MODE none the relay cannot tell which rows were delivered, so it does not recreate the slot itself: "+
+					"run `outbox-relay setup --recreate-slot` and start the relay (%w)", pub, err)
+			}
+			log.Error().Err(err).Str("publication", pub).
+				Msg("publication was dropped under the slot: recreating the slot and backfilling the unacked rows from the table")
+			if derr := r.dropOwnSlot(ctx); derr != nil {
+				return fatalf("publication %q was dropped under the slot and the slot could not be dropped to recreate it: %w; "+
+					"run `outbox-relay setup --recreate-slot` and start the relay", pub, derr)
+			}
+			r.metrics.reconnects.Inc()
+			continue
 		}
 		if isFatal(err) || errors.Is(err, replication.ErrDrainTimeout) || errors.Is(err, errLostLeadership) {
 			return err
@@ -217,6 +231,40 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 
 // brokerCheckTimeout bounds the wait for a broker to answer at start.
 const brokerCheckTimeout = 20 * time.Second
+
+// dropOwnSlot drops this relay's slot once its walsender has let go of it,
+// so that the next session recreates it and backfills.
+func (r *Relay) dropOwnSlot(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, r.cfg.PGURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	deadline := time.Now().Add(staleWalsenderExit)
+	for {
+		_, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+			WHERE slot_name = $1 AND NOT active`, r.cfg.Slot)
+		if err != nil {
+			return fmt.Errorf("drop slot %q: %w", r.cfg.Slot, err)
+		}
+		slot, ok, err := replication.LookupSlot(ctx, conn, r.cfg.Slot)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			r.slotSeen = false // dropped on purpose: the next session recreates it
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("slot %q is still in use by pid %d", r.cfg.Slot, slot.ActivePID)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
 
 // droppedPublication returns the publication named by a walsender's
 // "publication … does not exist" error, "" for any other error.
