@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -31,6 +32,14 @@ func (p *Publisher) Check(ctx context.Context, within time.Duration) error {
 		select {
 		case <-time.After(delay):
 		case <-ctx.Done():
+			var dial *net.OpError
+			if p.cfg.SASLMechanism != "" && !(errors.As(err, &dial) && dial.Op == "dial") {
+				// The brokers accept connections but end them: with SASL on,
+				// that is how some brokers refuse credentials.
+				return fmt.Errorf("kafka brokers %s (OUTBOX_RELAY_KAFKA_BROKERS) accepted connections but gave no answer within %s, "+
+					"probably a SASL authentication failure: check OUTBOX_RELAY_KAFKA_SASL_MECHANISM (%s), OUTBOX_RELAY_KAFKA_SASL_USER (%s) "+
+					"and the password: %w", brokers, within, p.cfg.SASLMechanism, p.cfg.SASLUser, err)
+			}
 			return fmt.Errorf("kafka brokers %s (OUTBOX_RELAY_KAFKA_BROKERS) did not answer within %s: %w", brokers, within, err)
 		}
 	}
