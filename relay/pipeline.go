@@ -253,10 +253,18 @@ func (p *pipeline) Keepalive(walEnd outbox.LSN) {
 	}
 	p.health.received()
 	p.mu.Lock()
+	advanced := false
 	if !p.inTxn && p.inflight == 0 {
+		before := p.tracker.Watermark()
 		p.tracker.AdvanceIdle(walEnd)
+		advanced = p.tracker.Watermark() != before
 	}
 	p.mu.Unlock()
+	if advanced {
+		// The gauge and readiness follow the position at once, not at the
+		// next status update.
+		p.Position()
+	}
 }
 
 // Position implements replication.Consumer.
