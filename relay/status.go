@@ -163,21 +163,21 @@ func Status(ctx context.Context, cfg Config) (StatusReport, error) {
 // readSlot fills the slot's fields and its warnings.
 func (r *StatusReport) readSlot(ctx context.Context, conn *pgx.Conn, current outbox.LSN) error {
 	var (
-		plugin, database, walStatus, confirmed, restart, appName, clientAddr *string
-		pid                                                                  *int32
-		safeWALSize                                                          *int64
+		confirmed, restart, appName, clientAddr *string
+		pid                                     *int32
+		safeWALSize                             *int64
 	)
 	// The walsender holding the slot is active_pid; pg_stat_replication
 	// names its client (application_name is how relay instances tell
 	// themselves apart).
 	err := conn.QueryRow(ctx, `
-		SELECT s.plugin, s.database, s.active, s.active_pid,
-		       s.confirmed_flush_lsn::text, s.restart_lsn::text, s.wal_status, s.safe_wal_size,
+		SELECT coalesce(s.plugin, ''), coalesce(s.database, ''), s.active, s.active_pid,
+		       s.confirmed_flush_lsn::text, s.restart_lsn::text, coalesce(s.wal_status, ''), s.safe_wal_size,
 		       r.application_name, r.client_addr::text
 		FROM pg_replication_slots s
 		LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
 		WHERE s.slot_name = $1`, r.Slot).
-		Scan(&plugin, &database, &r.Active, &pid, &confirmed, &restart, &walStatus, &safeWALSize, &appName, &clientAddr)
+		Scan(&r.SlotPlugin, &r.SlotDatabase, &r.Active, &pid, &confirmed, &restart, &r.WALStatus, &safeWALSize, &appName, &clientAddr)
 	if errors.Is(err, pgx.ErrNoRows) {
 		r.warn("slot %q does not exist: run `outbox-relay setup`, or start the relay, which creates it", r.Slot)
 		return nil
@@ -186,9 +186,6 @@ func (r *StatusReport) readSlot(ctx context.Context, conn *pgx.Conn, current out
 		return fmt.Errorf("read slot %q: %w", r.Slot, err)
 	}
 	r.SlotExists = true
-	r.SlotPlugin = orEmpty(plugin)
-	r.SlotDatabase = orEmpty(database)
-	r.WALStatus = orEmpty(walStatus)
 	r.ActivePID = pid
 	r.HolderApplicationName = appName
 	r.HolderClientAddr = clientAddr
@@ -356,10 +353,3 @@ func behind(current, lsn outbox.LSN) int64 {
 }
 
 func pointerTo[T any](v T) *T { return &v }
-
-func orEmpty(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
-}

@@ -213,16 +213,15 @@ type Slot struct {
 
 // LookupSlot reads the slot named name; ok is false when it does not exist.
 func LookupSlot(ctx context.Context, conn *pgx.Conn, name string) (slot Slot, ok bool, err error) {
-	var plugin, database, walStatus *string
 	var pid *int32
 	var confirmed, restart *string
 	err = conn.QueryRow(ctx, `
-		SELECT slot_name, plugin, database, active, active_pid,
-		       confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+		SELECT slot_name, coalesce(plugin, ''), coalesce(database, ''), active, active_pid,
+		       confirmed_flush_lsn::text, restart_lsn::text, coalesce(wal_status, ''),
 		       safe_wal_size, (pg_current_wal_lsn() - restart_lsn)::bigint,
 		       (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1`, name).
-		Scan(&slot.Name, &plugin, &database, &slot.Active, &pid, &confirmed, &restart, &walStatus,
+		Scan(&slot.Name, &slot.Plugin, &slot.Database, &slot.Active, &pid, &confirmed, &restart, &slot.WALStatus,
 			&slot.SafeWALSize, &slot.RetainedBytes, &slot.LagBytes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Slot{}, false, nil
@@ -230,9 +229,6 @@ func LookupSlot(ctx context.Context, conn *pgx.Conn, name string) (slot Slot, ok
 	if err != nil {
 		return Slot{}, false, fmt.Errorf("read slot %q: %w", name, err)
 	}
-	slot.Plugin = deref(plugin)
-	slot.Database = deref(database)
-	slot.WALStatus = deref(walStatus)
 	if pid != nil {
 		slot.ActivePID = *pid
 	}
@@ -266,11 +262,4 @@ func CheckSlot(ctx context.Context, conn *pgx.Conn, slot Slot) error {
 		return refuse("slot %q is lost (the WAL it needs was removed): run `outbox-relay setup --recreate-slot` to replace it", slot.Name)
 	}
 	return nil
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
