@@ -23,31 +23,44 @@ const backfillBatch = 1000
 // row committed before the slot's consistent point is in the snapshot, one
 // committed after it is in the stream, never both and never neither.
 //
-// If the backfill fails, the slot created moments ago (nothing confirmed on
-// it yet) is dropped again so the next start repeats the backfill; rows
-// published before the failure are then published again (duplicates, never
-// gaps). A crash in the middle leaves the remaining rows to the reconciler.
+// The backfill runs under a temporary slot, turned into the slot only once
+// every backfilled row was published and acked: the slot's confirmed
+// position (its consistent point) passes the backfilled rows, so it must not
+// exist before they are recorded. If the backfill fails or the process dies
+// in the middle, the temporary slot goes with its connection and the next
+// start backfills again; rows published before the failure are then
+// published again (duplicates, never gaps).
 func (r *Relay) createSlot(ctx context.Context, conn *pgx.Conn, repl *replication.Conn, acker rowAcker, log zerolog.Logger) error {
 	name := r.cfg.Slot
-	backfill := r.cfg.AckMode.RecordsDelivery()
-	created, err := repl.CreateSlot(ctx, name, backfill)
-	if err != nil {
-		return err
-	}
-	log.Info().Str("slot", name).Str("lsn", created.ConsistentPoint.String()).Msg("created replication slot")
-	if !backfill {
+	if !r.cfg.AckMode.RecordsDelivery() {
+		created, err := repl.CreateSlot(ctx, name, false)
+		if err != nil {
+			return err
+		}
+		log.Info().Str("slot", name).Str("lsn", created.ConsistentPoint.String()).Msg("created replication slot")
 		log.Info().Msg("ACK_MODE none: no backfill (the relay cannot tell which existing rows were delivered)")
 		return nil
 	}
+	created, err := repl.CreateTemporarySlot(ctx, name)
+	if err != nil {
+		return err
+	}
+	temp := replication.TemporarySlotName(name)
+	log.Info().Str("slot", temp).Str("lsn", created.ConsistentPoint.String()).
+		Msg("created a temporary replication slot; it becomes slot " + name + " once the backfill is recorded")
 	n, err := r.backfill(ctx, conn, created.SnapshotName, acker, log)
 	if err != nil {
-		if _, dropErr := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name); dropErr != nil {
-			log.Error().Err(dropErr).Str("slot", name).Msg("backfill failed and the new slot could not be dropped: rows not yet published will be swept by the reconciler")
-		} else {
-			log.Warn().Str("slot", name).Msg("backfill failed: dropped the slot created moments ago, so the next start backfills again")
-		}
-		return fmt.Errorf("backfill after creating slot %q (%d rows published before the failure): %w", name, n, err)
+		return fmt.Errorf("backfill under temporary slot %q (%d rows published before the failure; the next start backfills again): %w", temp, n, err)
 	}
+	// The lease fences publishing, not this copy: a leader that lost the
+	// lock while backfilling stops here rather than create the slot.
+	if err := r.checkLeading(ctx, conn); err != nil {
+		return err
+	}
+	if err := repl.PersistSlot(ctx, conn, name); err != nil {
+		return err
+	}
+	log.Info().Str("slot", name).Str("lsn", created.ConsistentPoint.String()).Int("backfilled", n).Msg("created replication slot")
 	return nil
 }
 

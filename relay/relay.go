@@ -214,7 +214,7 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 			// rather than wait for wal_sender_timeout.
 			log.Warn().Err(err).Dur("retry_in", delay).
 				Msg("holding the leader lock but the slot is still active (a previous leader's walsender); terminating it")
-			r.terminateStaleWalsender(ctx, log)
+			r.terminateStaleWalsender(ctx, active.Slot, log)
 		} else {
 			r.health.setRole(RoleStarting, err.Error())
 			log.Error().Err(err).Dur("retry_in", delay).Msg("streaming session failed; reconnecting")
@@ -283,7 +283,7 @@ func droppedPublication(err error) string {
 
 // terminateStaleWalsender ends the walsender still holding our slot. Only the
 // leader calls it, so the process on the other end cannot be a live leader.
-func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger) {
+func (r *Relay) terminateStaleWalsender(ctx context.Context, slot string, log zerolog.Logger) {
 	conn, err := pgx.Connect(ctx, r.cfg.PGURL)
 	if err != nil {
 		return
@@ -292,7 +292,7 @@ func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger)
 	var pid *int32
 	var ok *bool
 	err = conn.QueryRow(ctx, `SELECT active_pid, pg_terminate_backend(active_pid)
-		FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, r.cfg.Slot).Scan(&pid, &ok)
+		FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot).Scan(&pid, &ok)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return // it ended by itself meanwhile
 	}
@@ -300,7 +300,7 @@ func (r *Relay) terminateStaleWalsender(ctx context.Context, log zerolog.Logger)
 		log.Warn().Err(err).Msg("cannot terminate the stale walsender")
 		return
 	}
-	log.Warn().Int32("pid", *pid).Bool("terminated", ok != nil && *ok).Msg("terminated the stale walsender holding the slot")
+	log.Warn().Int32("pid", *pid).Str("slot", slot).Bool("terminated", ok != nil && *ok).Msg("terminated the stale walsender holding the slot")
 }
 
 // staleWalsenderExit bounds the wait for a terminated walsender to let go of
@@ -311,9 +311,20 @@ const staleWalsenderExit = 5 * time.Second
 // releaseSlot ends the walsender of a previous leader that still holds the
 // slot, and waits until the slot is free. Only the leader calls it.
 func (r *Relay) releaseSlot(ctx context.Context, conn *pgx.Conn, log zerolog.Logger) error {
+	// The temporary slot of a previous leader's backfill counts too: it
+	// would keep this leader from creating its own.
+	for _, name := range []string{r.cfg.Slot, replication.TemporarySlotName(r.cfg.Slot)} {
+		if err := r.releaseSlotNamed(ctx, conn, name, log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Relay) releaseSlotNamed(ctx context.Context, conn *pgx.Conn, name string, log zerolog.Logger) error {
 	deadline := time.Now().Add(staleWalsenderExit)
 	for terminated := false; ; {
-		slot, ok, err := replication.LookupSlot(ctx, conn, r.cfg.Slot)
+		slot, ok, err := replication.LookupSlot(ctx, conn, name)
 		if err != nil {
 			return err
 		}
@@ -321,9 +332,9 @@ func (r *Relay) releaseSlot(ctx context.Context, conn *pgx.Conn, log zerolog.Log
 			return nil
 		}
 		if !terminated {
-			log.Warn().Int32("pid", slot.ActivePID).Str("lsn", slot.ConfirmedFlushLSN.String()).
+			log.Warn().Int32("pid", slot.ActivePID).Str("slot", name).Str("lsn", slot.ConfirmedFlushLSN.String()).
 				Msg("holding the leader lock but the slot is still active (a previous leader's walsender); terminating it")
-			r.terminateStaleWalsender(ctx, log)
+			r.terminateStaleWalsender(ctx, name, log)
 			terminated = true
 		}
 		select {

@@ -108,30 +108,35 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 		return err
 	}
 	defer repl.Close(context.WithoutCancel(ctx))
-	res, err := repl.CreateSlot(ctx, cfg.Slot, cfg.AckMode.RecordsDelivery())
-	if err != nil {
-		return err
-	}
-	if cfg.AckMode.RecordsDelivery() {
-		// Counted in the slot's own snapshot: a row committed before the
-		// slot's consistent point is counted here, one after it is in the
-		// stream. Counting before creating the slot would miss a
-		// transaction committing in between, which neither the stream nor
-		// a backfill would then deliver.
-		unacked, err := countUnackedInSnapshot(ctx, conn, res.SnapshotName, table, mapping, hasPublishedAt)
+	if !cfg.AckMode.RecordsDelivery() {
+		res, err := repl.CreateSlot(ctx, cfg.Slot, false)
 		if err != nil {
 			return err
 		}
-		if unacked > 0 {
-			// Only `run`, which can publish, may create a slot with rows
-			// behind it: it backfills them from the slot's snapshot.
-			repl.Close(context.WithoutCancel(ctx)) // releases the snapshot
-			if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", cfg.Slot); err != nil {
-				return fmt.Errorf("drop slot %q created moments ago, to leave it to `outbox-relay run`: %w", cfg.Slot, err)
-			}
-			leaveToRun(unacked)
-			return nil
-		}
+		fmt.Fprintf(out, "slot %s: created at %s\n", cfg.Slot, res.ConsistentPoint)
+		return nil
+	}
+	// Counted in the snapshot of a temporary slot: a row committed before
+	// its consistent point is counted here, one after it is in the stream.
+	// Counting before creating the slot would miss a transaction committing
+	// in between, which neither the stream nor a backfill would then
+	// deliver. Only `run`, which can publish, may create a slot with rows
+	// behind it (it backfills them first); with none, the temporary slot
+	// becomes the slot.
+	res, err := repl.CreateTemporarySlot(ctx, cfg.Slot)
+	if err != nil {
+		return err
+	}
+	unacked, err := countUnackedInSnapshot(ctx, conn, res.SnapshotName, table, mapping, hasPublishedAt)
+	if err != nil {
+		return err
+	}
+	if unacked > 0 {
+		leaveToRun(unacked) // the temporary slot goes with the connection
+		return nil
+	}
+	if err := repl.PersistSlot(ctx, conn, cfg.Slot); err != nil {
+		return err
 	}
 	fmt.Fprintf(out, "slot %s: created at %s\n", cfg.Slot, res.ConsistentPoint)
 	return nil

@@ -25,6 +25,9 @@ func refuse(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
 }
 
+// maxSlotName is Postgres's limit on a slot name's length (NAMEDATALEN-1).
+const maxSlotName = 63
+
 var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
 // ValidSlotName reports whether name is a valid replication slot name

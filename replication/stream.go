@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
@@ -106,6 +107,20 @@ type CreatedSlot struct {
 // next command on this connection, so rows present before the slot can be
 // read consistently (SET TRANSACTION SNAPSHOT).
 func (c *Conn) CreateSlot(ctx context.Context, name string, exportSnapshot bool) (CreatedSlot, error) {
+	return c.createSlot(ctx, name, exportSnapshot, false)
+}
+
+// CreateTemporarySlot creates a temporary logical slot for name (its name
+// is TemporarySlotName(name)) and exports its snapshot. It lives only as
+// long as this connection: work that must finish before a slot may exist
+// (a backfill of the rows behind the slot's consistent point) is done
+// under it, and PersistSlot then turns it into the slot name, at the same
+// position. A crash before that leaves no slot behind.
+func (c *Conn) CreateTemporarySlot(ctx context.Context, name string) (CreatedSlot, error) {
+	return c.createSlot(ctx, TemporarySlotName(name), true, true)
+}
+
+func (c *Conn) createSlot(ctx context.Context, name string, exportSnapshot, temporary bool) (CreatedSlot, error) {
 	if !ValidSlotName(name) {
 		return CreatedSlot{}, refuse("slot name %q is invalid: use lower-case letters, digits and underscores", name)
 	}
@@ -114,11 +129,15 @@ func (c *Conn) CreateSlot(ctx context.Context, name string, exportSnapshot bool)
 		action = "EXPORT_SNAPSHOT"
 	}
 	res, err := pglogrepl.CreateReplicationSlot(ctx, c.conn, name, Plugin,
-		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: action})
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: action, Temporary: temporary})
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
 			return CreatedSlot{}, refuse("create slot %q: %s", name, pgErr.Message)
+		}
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" && temporary {
+			// Another session's backfill holds it: a previous leader's.
+			return CreatedSlot{}, &SlotActiveError{Slot: name, Detail: "a temporary slot of another session's backfill: " + pgErr.Message}
 		}
 		return CreatedSlot{}, fmt.Errorf("create slot %q: %w", name, err)
 	}
@@ -127,6 +146,31 @@ func (c *Conn) CreateSlot(ctx context.Context, name string, exportSnapshot bool)
 		return CreatedSlot{}, fmt.Errorf("create slot %q: %w", name, err)
 	}
 	return CreatedSlot{ConsistentPoint: point, SnapshotName: res.SnapshotName}, nil
+}
+
+// PersistSlot copies the temporary slot CreateTemporarySlot made for name
+// into a permanent slot called name, at the same position (its consistent
+// point, with the catalog horizon it holds), then drops the temporary one.
+// It ends the exported snapshot. sql is a normal connection.
+func (c *Conn) PersistSlot(ctx context.Context, sql *pgx.Conn, name string) error {
+	temp := TemporarySlotName(name)
+	if _, err := sql.Exec(ctx, "SELECT pg_copy_logical_replication_slot($1, $2, false)", temp, name); err != nil {
+		return fmt.Errorf("copy temporary slot %q to slot %q: %w", temp, name, err)
+	}
+	if err := pglogrepl.DropReplicationSlot(ctx, c.conn, temp, pglogrepl.DropReplicationSlotOptions{}); err != nil {
+		return fmt.Errorf("drop temporary slot %q after copying it to %q: %w", temp, name, err)
+	}
+	return nil
+}
+
+// TemporarySlotName is the name of the temporary slot that stands in for
+// slot name until it may exist.
+func TemporarySlotName(name string) string {
+	const suffix = "_tmp"
+	if len(name)+len(suffix) > maxSlotName {
+		name = name[:maxSlotName-len(suffix)]
+	}
+	return name + suffix
 }
 
 // Options tune a stream.

@@ -88,6 +88,9 @@ func (p *Process) Exited() bool {
 // Wait waits up to timeout for the exit and returns the exit code (-1 for
 // a signal); ok is false when the process still runs.
 func (p *Process) Wait(timeout time.Duration) (code int, ok bool) {
+	if p.Exited() { // before the timer: with both ready, select picks at random
+		return p.cmd.ProcessState.ExitCode(), true
+	}
 	select {
 	case <-p.done:
 		return p.cmd.ProcessState.ExitCode(), true
