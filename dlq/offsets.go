@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -94,6 +95,24 @@ var ErrGroupBusy = errors.New("consumer group has active members")
 func checkGroupIdle(ctx context.Context, cl *kgo.Client, group string) error {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
+	for {
+		err := describeGroupIdle(ctx, cl, group)
+		// A broker whose __consumer_offsets is still being created or
+		// loaded (the first group on a new cluster, a coordinator moving)
+		// answers COORDINATOR_NOT_AVAILABLE or COORDINATOR_LOAD_IN_PROGRESS
+		// for a while: retriable, so wait for it within the deadline.
+		if !kerr.IsRetriable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (still after %s)", err, requestTimeout)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func describeGroupIdle(ctx context.Context, cl *kgo.Client, group string) error {
 	req := kmsg.NewPtrDescribeGroupsRequest()
 	req.Groups = []string{group}
 	resp, err := req.RequestWith(ctx, cl)
