@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -18,16 +19,27 @@ type tableAcker struct {
 	conn    *pgx.Conn
 	sql     string
 	keepSQL string // sql that also keeps rows in the dead-letter table ($3..$6)
+	// uuids, when the id column is uuid, holds the ids of the current call
+	// in binary form: $1 is then uuid[], which spares the database a text to
+	// uuid conversion per row (0.5 of the 3 µs of backend CPU a deleted row
+	// costs, measured on this machine).
+	uuids   []pgtype.UUID
+	isUUID  bool
 	log     zerolog.Logger
 	missing prometheus.Counter
 }
 
 func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType string, mode outbox.AckMode, log zerolog.Logger, missing prometheus.Counter) *tableAcker {
-	// The ids travel as text[] (pgx encodes []string to it directly; asking
-	// for uuid[] made it try and fail a binary encoding per call) and are cast
-	// to the id column's own type so the primary key index is used.
+	// The ids travel as text[] (pgx encodes []string to it directly) and are
+	// cast to the id column's own type so the primary key index is used; a
+	// uuid id travels as uuid[] in binary, parsed here (see uuids).
 	idType = strings.TrimSuffix(idType, "[]")
-	ids := fmt.Sprintf("%s = ANY($1::text[]::%s[])", outbox.QuoteIdent(m.ID), idType)
+	isUUID := idType == "uuid"
+	param := "$1::text[]::" + idType + "[]"
+	if isUUID {
+		param = "$1::uuid[]"
+	}
+	ids := fmt.Sprintf("%s = ANY(%s)", outbox.QuoteIdent(m.ID), param)
 	record := fmt.Sprintf("DELETE FROM %s WHERE %s", table.Quoted(), ids)
 	unrecorded := "true"
 	if mode == outbox.AckMark {
@@ -61,7 +73,60 @@ func newTableAcker(conn *pgx.Conn, table outbox.Table, m outbox.Mapping, idType 
 			FROM snap, unnest($2::bigint[]) AS x)
 		SELECT (SELECT count(*) FROM recorded),
 			(SELECT count(*) FROM placed WHERE after_xmin >= 0 AND NOT pg_visible_in_snapshot((xmin + after_xmin)::text::xid8, s))`
-	return &tableAcker{conn: conn, sql: "WITH " + sql, keepSQL: "WITH " + keep + sql, log: log, missing: missing}
+	return &tableAcker{conn: conn, sql: "WITH " + sql, keepSQL: "WITH " + keep + sql, isUUID: isUUID, log: log, missing: missing}
+}
+
+// idsParam returns ids as the statement's $1: text as they are, or, for a
+// uuid id column, parsed into the acker's reused uuid buffer.
+func (a *tableAcker) idsParam(ids []string) (any, error) {
+	if !a.isUUID {
+		return ids, nil
+	}
+	a.uuids = a.uuids[:0]
+	for _, id := range ids {
+		u, ok := parseUUID(id)
+		if !ok {
+			return nil, fmt.Errorf("id %q is not a uuid", id)
+		}
+		a.uuids = append(a.uuids, pgtype.UUID{Bytes: u, Valid: true})
+	}
+	return a.uuids, nil
+}
+
+// parseUUID parses the text form Postgres prints for a uuid (32 hex digits,
+// hyphens anywhere between pairs, as uuid_in accepts them) without allocating.
+func parseUUID(s string) (u [16]byte, ok bool) {
+	n := 0
+	for i := 0; i < len(s); {
+		if s[i] == '-' {
+			i++
+			continue
+		}
+		if n == 16 || i+1 >= len(s) {
+			return u, false
+		}
+		hi, ok1 := unhex(s[i])
+		lo, ok2 := unhex(s[i+1])
+		if !ok1 || !ok2 {
+			return u, false
+		}
+		u[n] = hi<<4 | lo
+		n++
+		i += 2
+	}
+	return u, n == 16
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // maxVisibilityPoll is the longest pause between two tries of a batch whose
@@ -91,17 +156,21 @@ func (a *tableAcker) Ack(ctx context.Context, ids []string, xids []uint32, kept 
 	delay := time.Millisecond
 	started := time.Now()
 	warned := false
+	idsParam, err := a.idsParam(ids)
+	if err != nil {
+		return fmt.Errorf("record delivery of %d rows: %w", len(ids), err)
+	}
 	for {
 		var recorded, inProgress int64
 		var err error
 		if len(kept) == 0 {
-			err = a.conn.QueryRow(ctx, a.sql, ids, wide).Scan(&recorded, &inProgress)
+			err = a.conn.QueryRow(ctx, a.sql, idsParam, wide).Scan(&recorded, &inProgress)
 		} else {
 			keptIDs, reasons, errs, lsns := make([]string, len(kept)), make([]string, len(kept)), make([]string, len(kept)), make([]string, len(kept))
 			for i, k := range kept {
 				keptIDs[i], reasons[i], errs[i], lsns[i] = k.ID, k.Reason, k.Error, k.LSN
 			}
-			err = a.conn.QueryRow(ctx, a.keepSQL, ids, wide, keptIDs, reasons, errs, lsns).Scan(&recorded, &inProgress)
+			err = a.conn.QueryRow(ctx, a.keepSQL, idsParam, wide, keptIDs, reasons, errs, lsns).Scan(&recorded, &inProgress)
 		}
 		if err != nil {
 			return fmt.Errorf("record delivery of %d rows (%d kept in the dead-letter table): %w", len(ids), len(kept), err)
