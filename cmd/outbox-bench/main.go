@@ -28,6 +28,7 @@ import (
 // options are the command-line flags.
 type options struct {
 	relayBin     string
+	kafka        string // apache or kfake
 	outDir       string
 	json         bool
 	profile      bool
@@ -49,6 +50,8 @@ func main() {
 	var o options
 	var scenarios, rates, relayExtra string
 	flag.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "path to the outbox-relay binary (make build)")
+	flag.StringVar(&o.kafka, "kafka", "apache", "the broker: apache (one real Apache Kafka broker; needs java and mvn) "+
+		"or kfake (franz-go's in-process fake, nothing but Go)")
 	flag.StringVar(&o.outDir, "out", "bench-out", "directory for logs, profiles and the report files")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON instead of markdown tables")
 	flag.BoolVar(&o.profile, "profile", false, "take CPU and allocation profiles of the relay during the backlog drain")
@@ -75,6 +78,9 @@ func main() {
 		o.relayExtraEnv = append(o.relayExtraEnv, kv)
 	}
 
+	if o.kafka != "apache" && o.kafka != "kfake" {
+		fatal(fmt.Errorf("-kafka %q: want apache or kfake", o.kafka))
+	}
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(scenarios, ",") {
 		switch s = strings.TrimSpace(s); s {
@@ -136,22 +142,16 @@ func run(ctx context.Context, o options) error {
 		}
 		rep.Backlog = res
 	}
-	if o.scenarios["latency"] || o.scenarios["polling"] {
-		for _, rate := range o.liveRates {
-			if o.scenarios["latency"] {
-				res, err := b.live(ctx, rate, readerRelay)
-				if err != nil {
-					return fmt.Errorf("live latency at %d/s: %w", rate, err)
-				}
-				rep.Live = append(rep.Live, res)
+	for _, rate := range o.liveRates {
+		for _, rd := range liveReaders() {
+			if !o.scenarios[rd.scenario] {
+				continue
 			}
-			if o.scenarios["polling"] {
-				res, err := b.live(ctx, rate, readerPolling)
-				if err != nil {
-					return fmt.Errorf("polling baseline at %d/s: %w", rate, err)
-				}
-				rep.Live = append(rep.Live, res)
+			res, err := b.live(ctx, rate, rd)
+			if err != nil {
+				return fmt.Errorf("%s at %d/s: %w", rd.name, rate, err)
 			}
+			rep.Live = append(rep.Live, res)
 		}
 	}
 	if o.scenarios["large"] {
@@ -191,6 +191,7 @@ func (o options) summary() map[string]string {
 		rates = append(rates, strconv.Itoa(r))
 	}
 	return map[string]string{
+		"kafka":            o.kafka,
 		"backlog_rows":     strconv.Itoa(o.backlogRows),
 		"backlog_txn_rows": strconv.Itoa(o.backlogTxn),
 		"drain_repeats":    strconv.Itoa(o.drainRepeats),
