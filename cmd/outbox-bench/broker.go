@@ -51,9 +51,12 @@ func (kfakeBroker) details() string {
 }
 func (kfakeBroker) close() {}
 
-// apacheHeap is the broker's JVM heap: what kafka-server-start.sh gives a
-// broker, not the test suite's small one.
-const apacheHeap = "1g"
+// apacheHeap is the broker's JVM heap (-Xmx, -Xms): what
+// kafka-server-start.sh gives a broker, not the test suite's small one.
+const (
+	apacheHeap     = "1g"
+	apacheHeapText = "1 GiB"
+)
 
 // apacheJVMArgs are kafka-server-start.sh's performance options (G1 with
 // short pauses) on top of devenv's defaults, whose serial collector they
@@ -69,7 +72,7 @@ type apacheBroker struct {
 }
 
 func startApacheBroker(ctx context.Context, b *bench) (*apacheBroker, error) {
-	b.logf("starting an Apache Kafka broker (KRaft, heap %s; the first run fetches its jars with Maven)", apacheHeap)
+	b.logf("starting an Apache Kafka broker (KRaft, heap %s; the first run fetches its jars with Maven)", apacheHeapText)
 	t0 := time.Now()
 	k, err := devenv.StartApacheKafka(ctx, devenv.ApacheOptions{
 		LogDir:  filepath.Join(b.o.outDir, "logs", "kafka"),
@@ -149,6 +152,6 @@ func (a *apacheBroker) details() string {
 	return fmt.Sprintf("Apache Kafka %s, one broker+controller (KRaft) as a java process on loopback for the whole run, "+
 		"heap %s (G1), auto-creation off; topic %s with %d partitions, replication factor 1, deleted and created "+
 		"empty before each run; warmed up with %s records first; the relay and the poller produce with acks=all",
-		a.kafka.Version(), apacheHeap, topicName, topicPartitions, num(warmUpRecords))
+		a.kafka.Version(), apacheHeapText, topicName, topicPartitions, num(warmUpRecords))
 }
 func (a *apacheBroker) close() { a.kafka.Close() }
