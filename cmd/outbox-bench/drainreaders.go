@@ -256,12 +256,18 @@ func (r *relayDrain) poll(ctx context.Context, st slotState, run *DrainRun) (boo
 func (r *relayDrain) cpu() float64 { return processCPU(r.relay.pid()) }
 
 func (r *relayDrain) finish(ctx context.Context) []string {
+	return r.b.stopRelay(ctx, r.relay, r.prof, r.t.db.name)
+}
+
+// stopRelay finishes the relay's profiles (prof may be nil), then stops it;
+// it returns the profile files.
+func (b *bench) stopRelay(ctx context.Context, relay *relayProcess, prof *cpuProfiler, run string) []string {
 	var profiles []string
-	if r.prof != nil {
-		profiles = r.prof.finish(ctx)
+	if prof != nil {
+		profiles = prof.finish(ctx)
 	}
-	if err := r.relay.stop(); err != nil {
-		r.b.logf("%s: relay stop: %v", r.t.db.name, err)
+	if err := relay.stop(); err != nil {
+		b.logf("%s: relay stop: %v", run, err)
 	}
 	return profiles
 }

@@ -95,14 +95,7 @@ func (r *liveRelay) startMeasuring(ctx context.Context) {
 }
 
 func (r *liveRelay) stop(ctx context.Context) []string {
-	var profiles []string
-	if r.prof != nil {
-		profiles = r.prof.finish(ctx)
-	}
-	if err := r.relay.stop(); err != nil {
-		r.b.logf("%s: relay stop: %v", r.t.db.name, err)
-	}
-	return profiles
+	return r.b.stopRelay(ctx, r.relay, r.prof, r.t.db.name)
 }
 
 // livePoller is the polling baseline, a goroutine of this process.

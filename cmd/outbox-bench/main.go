@@ -3,9 +3,10 @@
 // pg_recvlogical, commit-to-consumer latency under live load, a polling relay
 // under the same load, and the memory of a million-row transaction.
 //
-// It starts a throw-away Postgres from the local binaries and in-process
-// Kafka-protocol brokers (kfake), runs the outbox-relay binary as a
-// subprocess, and prints BENCHMARKS.md-ready tables (or JSON with -json).
+// It starts a throw-away Postgres from the local binaries and a broker
+// (-kafka: one real Apache Kafka broker, or franz-go's in-process kfake),
+// runs the outbox-relay binary as a subprocess, and prints
+// BENCHMARKS.md-ready tables (or JSON with -json).
 // It prints figures and ratios; it never fails because a target is missed.
 // Everything it starts listens on 127.0.0.1 and is stopped before it exits.
 package main
@@ -127,13 +128,13 @@ func run(ctx context.Context, o options) error {
 	ctx, cancel := context.WithTimeout(ctx, 45*time.Minute)
 	defer cancel()
 
+	started := time.Now() // the broker's start is part of the run's length
 	b, err := newBench(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer b.close()
 	rep := &report{Machine: b.machine(ctx), Options: o.summary()}
-	started := time.Now()
 
 	if o.scenarios["drain"] {
 		res, err := b.backlogDrain(ctx)
