@@ -62,6 +62,11 @@ const (
 )
 
 // drainReaders are the readers of the drain, in the order they take turns.
+// A reader that publishes on a slot of its own (Debezium, say) is
+// {name, ackMode: "none", slot: "<its slot>", kafka: true, start}: its slot
+// exists before the backlog is written, so it sees every row, and its poll
+// reports done once t.brokers hold every row (recordsIn counts them).
+// Ratios against it go in backlogDrain and the report by its name.
 func drainReaders() []drainReader {
 	return []drainReader{
 		{name: readerRecvlogical, ackMode: "none", slot: "bench_recvlogical", start: startRecvlogical},

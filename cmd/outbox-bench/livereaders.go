@@ -49,6 +49,9 @@ type liveRunning interface {
 }
 
 // liveReaders are the live readers, in the order they run at each rate.
+// A new reader's scenario is a -scenarios name at once (main.go runs the
+// readers whose scenario is asked for); its runs get a table of their own
+// in the report.
 func liveReaders() []liveReader {
 	return []liveReader{
 		{name: readerRelay, short: "relay", scenario: "latency", ackMode: "delete", slot: slotName, start: startLiveRelay},

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -82,14 +83,18 @@ func main() {
 	if o.kafka != "apache" && o.kafka != "kfake" {
 		fatal(fmt.Errorf("-kafka %q: want apache or kfake", o.kafka))
 	}
+	known := []string{"drain"}
+	for _, rd := range liveReaders() {
+		known = append(known, rd.scenario)
+	}
+	known = append(known, "large")
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(scenarios, ",") {
-		switch s = strings.TrimSpace(s); s {
-		case "drain", "latency", "polling", "large":
+		switch s = strings.TrimSpace(s); {
+		case slices.Contains(known, s):
 			o.scenarios[s] = true
-		case "":
-		default:
-			fatal(fmt.Errorf("-scenarios: unknown scenario %q (drain, latency, polling, large)", s))
+		case s != "":
+			fatal(fmt.Errorf("-scenarios: unknown scenario %q (%s)", s, strings.Join(known, ", ")))
 		}
 	}
 	for _, r := range strings.Split(rates, ",") {
