@@ -69,7 +69,7 @@ func newBench(ctx context.Context, o options) (*bench, error) {
 		a, err := startApacheBroker(ctx, b)
 		if err != nil {
 			b.close()
-			return nil, err
+			return nil, fmt.Errorf("-kafka apache: %w (-kafka kfake, or make bench KAFKA=kfake, needs neither java nor mvn)", err)
 		}
 		b.broker = a
 	}
