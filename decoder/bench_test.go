@@ -28,7 +28,10 @@ func BenchmarkDecodeInsertHeaders(b *testing.B) {
 }
 
 func benchmarkDecode(b *testing.B, msg []byte) {
-	d := newOutboxDecoder(b)
+	benchmarkDecoder(b, newOutboxDecoder(b), msg)
+}
+
+func benchmarkDecoder(b *testing.B, d *Decoder, msg []byte) {
 	var ev outbox.Event
 	b.ReportAllocs()
 	b.SetBytes(int64(len(msg)))
@@ -37,4 +40,16 @@ func benchmarkDecode(b *testing.B, msg []byte) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkDecodeInsertHeaderColumns decodes the typical row with two of
+// its columns also copied into headers (OUTBOX_RELAY_HEADER_COLUMNS).
+func BenchmarkDecodeInsertHeaderColumns(b *testing.B) {
+	m := outbox.DefaultMapping()
+	m.HeaderColumns = []outbox.HeaderColumn{{Column: "aggregatetype", Header: "route"}, {Column: "created_at", Header: "created"}}
+	d := New(testTable, m)
+	if _, err := d.Decode(encodeRelation(testOID, "public", "outbox", outboxColumns), nil); err != nil {
+		b.Fatal(err)
+	}
+	benchmarkDecoder(b, d, encodeInsert(testOID, benchmarkRow()))
 }

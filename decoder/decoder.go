@@ -92,8 +92,9 @@ type Decoder struct {
 	table     outbox.Table
 	tableName string
 	// columnNames holds, per field, the column the mapping names for it.
-	columnNames [numFields]string
-	relations   map[uint32]*relation
+	columnNames   [numFields]string
+	headerColumns []outbox.HeaderColumn
+	relations     map[uint32]*relation
 
 	// Scratch space reused across Inserts so decoding headers allocates
 	// nothing once it has warmed up.
@@ -121,7 +122,9 @@ func New(t outbox.Table, m outbox.Mapping) *Decoder {
 		fieldPayload:       m.Payload,
 		fieldHeaders:       m.Headers,
 		fieldTopic:         m.Topic,
+		fieldTime:          m.CreatedAt,
 	}
+	d.headerColumns = m.HeaderColumns[:min(len(m.HeaderColumns), outbox.MaxHeaderColumns):min(len(m.HeaderColumns), outbox.MaxHeaderColumns)]
 	return d
 }
 

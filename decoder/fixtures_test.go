@@ -11,9 +11,9 @@ import (
 // The outbox table and rows the tests decode.
 
 const (
-	testOID      = 16384
-	otherOID     = 16390
-	oidTimestamp = 1184 // timestamptz, a column no field maps
+	testOID            = 16384
+	otherOID           = 16390
+	oidTimestamptzTest = 1184 // timestamptz
 )
 
 var testTable = outbox.Table{Schema: "public", Name: "outbox"}
@@ -28,8 +28,8 @@ var outboxColumns = []testColumn{
 	{"payload", oidJSONB},
 	{"headers", oidJSONB},
 	{"topic", oidText},
-	{"created_at", oidTimestamp},
-	{"published_at", oidTimestamp},
+	{"created_at", oidTimestamptzTest},
+	{"published_at", oidTimestamptzTest},
 }
 
 // withColumn returns outboxColumns with the column name changed to c, or
@@ -101,8 +101,13 @@ func fullEvent() outbox.Event {
 			{Key: "traceparent", Value: []byte("00-abc-01")},
 			{Key: "tenant", Value: []byte("acme")},
 		},
+		Time: testTime,
 	}
 }
+
+// testTime is fullRow's created_at, 2024-05-06 07:08:09.123456+00, in Unix
+// nanoseconds.
+const testTime = 1714979289_123456000
 
 // withEvent returns fullEvent changed by change.
 func withEvent(change func(*outbox.Event)) outbox.Event {
@@ -130,6 +135,9 @@ func checkEvent(t *testing.T, got, want *outbox.Event) {
 		if (f.got == nil) != (f.want == nil) || !bytes.Equal(f.got, f.want) {
 			t.Errorf("%s = %s, want %s", f.name, show(f.got), show(f.want))
 		}
+	}
+	if got.Time != want.Time {
+		t.Errorf("Time = %d, want %d", got.Time, want.Time)
 	}
 	if len(got.Headers) != len(want.Headers) {
 		t.Errorf("Headers = %s, want %s", showHeaders(got.Headers), showHeaders(want.Headers))

@@ -55,24 +55,29 @@ func (d *Decoder) decodeInsert(r *reader, ev *outbox.Event) (Message, error) {
 	if tag := r.uint8("new tuple tag"); r.err == nil && tag != 'N' {
 		return Message{}, fmt.Errorf("pgoutput Insert message: tuple tag %q, want 'N'", tag)
 	}
-	vals, err := readTuple(r, rel)
-	if err != nil {
+	var vals tupleValues
+	if err := readTuple(r, rel, &vals); err != nil {
 		return Message{}, err
 	}
 	return Message{Kind: KindInsert}, d.fillEvent(rel, &vals, ev)
 }
 
+// tupleValues are the values of an Insert's mapped columns.
+type tupleValues struct {
+	fields  [numFields]tupleValue
+	headers [outbox.MaxHeaderColumns]tupleValue // per Mapping.HeaderColumns entry
+}
+
 // readTuple parses TupleData (Int16 number of columns, then per column a kind
 // byte and, for 't' and 'b', an Int32 length and the value) and keeps the
-// values of the mapped columns.
-func readTuple(r *reader, rel *relation) ([numFields]tupleValue, error) {
-	var vals [numFields]tupleValue
+// values of the mapped columns in vals.
+func readTuple(r *reader, rel *relation, vals *tupleValues) error {
 	ncolumns := int(r.uint16("number of columns"))
 	if r.err != nil {
-		return vals, r.err
+		return r.err
 	}
 	if ncolumns != rel.ncolumns {
-		return vals, fmt.Errorf("insert into %s has %d columns, its Relation message described %d", rel.name, ncolumns, rel.ncolumns)
+		return fmt.Errorf("insert into %s has %d columns, its Relation message described %d", rel.name, ncolumns, rel.ncolumns)
 	}
 	for i := range ncolumns {
 		v := tupleValue{kind: r.uint8("column kind")}
@@ -82,17 +87,20 @@ func readTuple(r *reader, rel *relation) ([numFields]tupleValue, error) {
 			v.data = r.lengthPrefixed("column value")
 		default:
 			if r.err == nil {
-				return vals, fmt.Errorf("pgoutput Insert message: column %d of %d has unknown kind %q", i+1, ncolumns, v.kind)
+				return fmt.Errorf("pgoutput Insert message: column %d of %d has unknown kind %q", i+1, ncolumns, v.kind)
 			}
 		}
 		if r.err != nil {
-			return vals, fmt.Errorf("%w (column %d of %d)", r.err, i+1, ncolumns)
+			return fmt.Errorf("%w (column %d of %d)", r.err, i+1, ncolumns)
 		}
 		for set := rel.columnFields[i]; set != 0; set &= set - 1 {
-			vals[bits.TrailingZeros8(uint8(set))] = v
+			vals.fields[bits.TrailingZeros8(uint8(set))] = v
+		}
+		if h := rel.columnHeader[i]; h != 0 {
+			vals.headers[h-1] = v
 		}
 	}
-	return vals, r.done()
+	return r.done()
 }
 
 // span locates a field's bytes in the event buffer while the buffer is being
@@ -118,11 +126,15 @@ const maxGrowth = 40
 // fillEvent converts the tuple values into ev, copying every byte it keeps
 // into ev's one buffer. It assigns every field it owns, whatever fails, so
 // nothing of a recycled Event's previous row survives.
-func (d *Decoder) fillEvent(rel *relation, vals *[numFields]tupleValue, ev *outbox.Event) error {
+func (d *Decoder) fillEvent(rel *relation, vals *tupleValues, ev *outbox.Event) error {
 	ev.Headers = ev.Headers[:0]
+	ev.Time = 0
 
 	need := 0
-	for _, v := range vals {
+	for _, v := range vals.fields {
+		need += len(v.data) + maxGrowth
+	}
+	for _, v := range vals.headers[:len(d.headerColumns)] {
 		need += len(v.data) + maxGrowth
 	}
 	buf := ev.Buffer()
@@ -131,19 +143,44 @@ func (d *Decoder) fillEvent(rel *relation, vals *[numFields]tupleValue, ev *outb
 	}
 
 	var spans [numFields]span
-	failed, reason := numFields, ""
-	fail := func(f field, why string) {
-		if failed == numFields {
-			failed, reason = f, why
+	failedColumn, reason := "", ""
+	failColumn := func(column, why string) {
+		if reason == "" {
+			failedColumn, reason = column, why
 		}
 	}
+	fail := func(f field, why string) { failColumn(rel.fields[f].name, why) }
 	d.headerScratch = d.headerScratch[:0]
+	// The header columns come first, in the order of the mapping; a NULL
+	// adds no header.
+	for h, hc := range d.headerColumns {
+		v := vals.headers[h]
+		if v.kind != 't' && v.kind != 'b' {
+			continue
+		}
+		start := len(buf)
+		var why string
+		if buf, why = appendValue(buf, rel.headers[h].typeOID, v); why != "" {
+			buf = buf[:start]
+			failColumn(hc.Column, why)
+			continue
+		}
+		d.headerScratch = append(d.headerScratch, headerSpan{key: hc.Header, start: start, end: len(buf)})
+	}
 	for f := range numFields {
 		col := rel.fields[f]
 		if col.index < 0 {
 			continue
 		}
-		v := vals[f]
+		v := vals.fields[f]
+		if f == fieldTime {
+			if v.kind != 'n' && col.typeOID == oidTimestampTZ {
+				if t, ok := timestampNanos(v); ok {
+					ev.Time = t
+				}
+			}
+			continue
+		}
 		switch v.kind {
 		case 'n':
 			if !fieldRules[f].nullable {
@@ -154,7 +191,7 @@ func (d *Decoder) fillEvent(rel *relation, vals *[numFields]tupleValue, ev *outb
 			fail(f, "is an unchanged TOAST value, which an insert cannot carry")
 			continue
 		}
-		start := len(buf)
+		start, headers := len(buf), len(d.headerScratch)
 		var why string
 		if f == fieldHeaders {
 			buf, why = d.appendHeaders(buf, col.typeOID, v)
@@ -164,7 +201,7 @@ func (d *Decoder) fillEvent(rel *relation, vals *[numFields]tupleValue, ev *outb
 		if why != "" {
 			buf = buf[:start]
 			if f == fieldHeaders {
-				d.headerScratch = d.headerScratch[:0] // drop a partly parsed object
+				d.headerScratch = d.headerScratch[:headers] // drop a partly parsed object
 			}
 			fail(f, why)
 			continue
@@ -183,8 +220,8 @@ func (d *Decoder) fillEvent(rel *relation, vals *[numFields]tupleValue, ev *outb
 	}
 	ev.SetBuffer(buf)
 
-	if failed == numFields {
+	if reason == "" {
 		return nil
 	}
-	return &RowError{Table: rel.name, Column: rel.fields[failed].name, ID: string(ev.ID), Reason: reason}
+	return &RowError{Table: rel.name, Column: failedColumn, ID: string(ev.ID), Reason: reason}
 }

@@ -38,7 +38,7 @@ func TestDecodeInsert(t *testing.T) {
 			name:    "optional columns absent",
 			columns: outboxColumns[:5],
 			values:  fullRow()[:5],
-			want:    withEvent(func(ev *outbox.Event) { ev.Headers, ev.Topic = nil, nil }),
+			want:    withEvent(func(ev *outbox.Event) { ev.Headers, ev.Topic, ev.Time = nil, nil, 0 }),
 		},
 		{
 			name:    "optional columns unmapped",
@@ -139,6 +139,65 @@ func TestDecodeInsert(t *testing.T) {
 			want:    withEvent(func(ev *outbox.Event) { ev.AggregateID = []byte(testID) }),
 		},
 
+		{
+			name:   "timestamp with an offset and fewer digits",
+			values: row(map[string]testValue{"created_at": text("2024-05-06 09:38:09.1234+02:30")}),
+			want:   withEvent(func(ev *outbox.Event) { ev.Time = testTime - 56000 }),
+		},
+		{
+			name:   "timestamp in binary",
+			values: row(map[string]testValue{"created_at": binaryValue([]byte{0x00, 0x02, 0xba, 0xc2, 0x80, 0x1b, 0x6a, 0x80})}),
+			want:   fullEvent(),
+		},
+		{
+			name:   "null timestamp",
+			values: row(map[string]testValue{"created_at": null()}),
+			want:   withEvent(func(ev *outbox.Event) { ev.Time = 0 }),
+		},
+		{
+			name:   "infinite timestamp: the commit time stands in",
+			values: row(map[string]testValue{"created_at": text("infinity")}),
+			want:   withEvent(func(ev *outbox.Event) { ev.Time = 0 }),
+		},
+		{
+			name:    "timestamp without time zone gives no time",
+			columns: withColumn("created_at", testColumn{"created_at", oidTimestamp}),
+			values:  row(map[string]testValue{"created_at": text("2024-05-06 07:08:09.123456")}),
+			want:    withEvent(func(ev *outbox.Event) { ev.Time = 0 }),
+		},
+		{
+			name:    "timestamp column of another type is no fault",
+			columns: withColumn("created_at", testColumn{"created_at", oidInt8}),
+			values:  row(map[string]testValue{"created_at": text("1714979289123")}),
+			want:    withEvent(func(ev *outbox.Event) { ev.Time = 0 }),
+		},
+		{
+			name:    "timestamp unmapped",
+			mapping: func(m *outbox.Mapping) { m.CreatedAt = "" },
+			values:  fullRow(),
+			want:    withEvent(func(ev *outbox.Event) { ev.Time = 0 }),
+		},
+		{
+			name: "header columns come first, NULL adds none",
+			mapping: func(m *outbox.Mapping) {
+				m.HeaderColumns = []outbox.HeaderColumn{{Column: "aggregatetype", Header: "route"}, {Column: "published_at", Header: "p"},
+					{Column: "created_at", Header: "created_at"}, {Column: "id", Header: "ce_id"}}
+			},
+			values: fullRow(),
+			want: withEvent(func(ev *outbox.Event) {
+				ev.Headers = append([]outbox.Header{{Key: "route", Value: []byte("order")},
+					{Key: "created_at", Value: []byte("2024-05-06 07:08:09.123456+00")}, {Key: "ce_id", Value: []byte(testID)}}, ev.Headers...)
+			}),
+		},
+		{
+			name:    "header column in binary",
+			mapping: func(m *outbox.Mapping) { m.HeaderColumns = []outbox.HeaderColumn{{Column: "id", Header: "event"}} },
+			values:  row(map[string]testValue{"id": binaryValue(testUUIDBytes)}),
+			want: withEvent(func(ev *outbox.Event) {
+				ev.Headers = append([]outbox.Header{{Key: "event", Value: []byte(testID)}}, ev.Headers...)
+			}),
+		},
+
 		// Rows that cannot become records: a RowError, the rest of the event filled.
 		{
 			name:    "null id",
@@ -215,6 +274,13 @@ func TestDecodeInsert(t *testing.T) {
 			values:  row(map[string]testValue{"payload": text(`\x0`)}),
 			want:    withEvent(func(ev *outbox.Event) { ev.Payload = nil }),
 			wantErr: &RowError{Table: "public.outbox", Column: "payload", ID: testID, Reason: "invalid bytea text: odd number of hex digits"},
+		},
+		{
+			name:    "fault in a header column",
+			mapping: func(m *outbox.Mapping) { m.HeaderColumns = []outbox.HeaderColumn{{Column: "id", Header: "event"}} },
+			values:  row(map[string]testValue{"id": binaryValue(testUUIDBytes[:3])}),
+			want:    withEvent(func(ev *outbox.Event) { ev.ID = nil }),
+			wantErr: &RowError{Table: "public.outbox", Column: "id", Reason: "binary uuid has 3 bytes, want 16"},
 		},
 		{
 			name:    "invalid bytea escape",

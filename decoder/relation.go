@@ -3,6 +3,8 @@ package decoder
 import (
 	"fmt"
 	"slices"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
 // Type OIDs (pg_type.oid) an outbox column may have.
@@ -30,6 +32,8 @@ const (
 	fieldPayload
 	fieldHeaders
 	fieldTopic
+	// fieldTime is the timestamp column: it becomes Event.Time, not bytes.
+	fieldTime
 	numFields
 )
 
@@ -39,11 +43,11 @@ type fieldSet uint8
 
 // fieldRule says what a field's column must look like.
 type fieldRule struct {
-	mapping  string // the outbox.Mapping field, for errors
-	required bool   // the column must exist
-	nullable bool   // SQL NULL is a valid value
-	types    []uint32
-	want     string // types, for errors
+	mapping  string   // the outbox.Mapping field, for errors
+	required bool     // the column must exist
+	nullable bool     // SQL NULL is a valid value
+	types    []uint32 // nil: any type
+	want     string   // types, for errors
 }
 
 var textTypes = []uint32{oidText, oidVarchar, oidBpchar, oidUUID}
@@ -66,6 +70,10 @@ var fieldRules = [numFields]fieldRule{
 	},
 	fieldHeaders: {mapping: "Headers", nullable: true, types: []uint32{oidJSONB, oidJSON}, want: "jsonb or json"},
 	fieldTopic:   {mapping: "Topic", nullable: true, types: textTypes, want: textWant},
+	// Any type: only a timestamptz gives the record its time (a timestamp
+	// without time zone means nothing to Kafka without a zone), but the
+	// column's other uses (the reconciler's age) are not the decoder's.
+	fieldTime: {mapping: "CreatedAt", nullable: true},
 }
 
 // mappedColumn is the column that fills a field.
@@ -85,6 +93,10 @@ type relation struct {
 	// Set only for the outbox table:
 	columnFields []fieldSet              // per tuple column, the fields it fills
 	fields       [numFields]mappedColumn // per field, its column
+	// columnHeader is, per tuple column, 1 + the index of the header
+	// column (Mapping.HeaderColumns) it fills; 0 for none.
+	columnHeader []uint8
+	headers      [outbox.MaxHeaderColumns]mappedColumn // per header column, its column
 }
 
 // decodeRelation parses Relation: Int32 relation OID, String namespace,
@@ -115,8 +127,12 @@ func (d *Decoder) decodeRelation(r *reader) (Message, error) {
 	}
 	if rel.isOutbox {
 		rel.columnFields = make([]fieldSet, ncolumns)
+		rel.columnHeader = make([]uint8, ncolumns)
 		for f := range rel.fields {
 			rel.fields[f].index = -1
+		}
+		for h := range rel.headers {
+			rel.headers[h].index = -1
 		}
 	}
 	for i := range ncolumns {
@@ -134,6 +150,12 @@ func (d *Decoder) decodeRelation(r *reader) (Message, error) {
 			if want != "" && string(columnName) == want && rel.fields[f].index < 0 {
 				rel.fields[f] = mappedColumn{index: i, name: want, typeOID: typeOID}
 				rel.columnFields[i] |= 1 << f
+			}
+		}
+		for h, hc := range d.headerColumns {
+			if string(columnName) == hc.Column {
+				rel.headers[h] = mappedColumn{index: i, name: hc.Column, typeOID: typeOID}
+				rel.columnHeader[i] = uint8(h + 1)
 			}
 		}
 	}
@@ -178,9 +200,15 @@ func (d *Decoder) checkMapping(rel *relation) error {
 			}
 			return e
 		}
-		if !slices.Contains(rule.types, col.typeOID) {
+		if rule.types != nil && !slices.Contains(rule.types, col.typeOID) {
 			return &MappingError{Table: rel.name, Column: col.name, Field: rule.mapping,
 				msg: fmt.Sprintf("table %s column %s: type oid %d is not supported (want %s)", rel.name, col.name, col.typeOID, rule.want)}
+		}
+	}
+	for h, hc := range d.headerColumns {
+		if rel.headers[h].index < 0 {
+			return &MappingError{Table: rel.name, Column: hc.Column, Field: "HeaderColumns",
+				msg: fmt.Sprintf("table %s has no column %q, which the column mapping copies into header %q", rel.name, hc.Column, hc.Header)}
 		}
 	}
 	return nil

@@ -50,6 +50,14 @@ func TestDecodeRelation(t *testing.T) {
 			wantErr: "table public.outbox column topic: type oid 23 is not supported (want text, varchar, bpchar or uuid)",
 		},
 		{
+			name: "missing header column", namespace: "public", relname: "outbox",
+			columns: outboxColumns,
+			mapping: func(m *outbox.Mapping) {
+				m.HeaderColumns = []outbox.HeaderColumn{{Column: "trace", Header: "traceparent"}}
+			},
+			wantErr: `table public.outbox has no column "trace", which the column mapping copies into header "traceparent"`,
+		},
+		{
 			name: "missing required column", namespace: "public", relname: "outbox",
 			columns: withColumn("aggregateid", testColumn{}),
 			wantErr: `table public.outbox has no column "aggregateid", which the column mapping requires for AggregateID`,

@@ -120,5 +120,6 @@ func replayMessage(dlqTopic string, r *kgo.Record) kafka.Message {
 		Key:     r.Key,
 		Value:   r.Value,
 		Headers: headers,
+		Time:    r.Timestamp, // the dead letter keeps the record's own time
 	}
 }

@@ -51,9 +51,13 @@ type Event struct {
 	Payload []byte
 	// Topic is the per-row topic override; nil when the column is NULL or absent.
 	Topic []byte
-	// Headers are the entries of the row's headers column, in the order they
+	// Headers are the row's header columns (Mapping.HeaderColumns, in their
+	// order), then the entries of its headers column, in the order they
 	// appear in the jsonb text.
 	Headers []Header
+	// Time is the row's timestamp column (Mapping.CreatedAt) in Unix
+	// nanoseconds; 0 when the column is NULL, absent or not a timestamptz.
+	Time int64
 
 	// LSN is the WAL position of the INSERT.
 	LSN LSN
@@ -69,6 +73,16 @@ type Event struct {
 	Kept *Kept
 
 	buf []byte
+}
+
+// RecordTime is the timestamp of the event's record, in Unix nanoseconds:
+// the row's timestamp column when it has one, else its transaction's commit
+// time; 0 when neither is known (the producer then stamps the send time).
+func (e *Event) RecordTime() int64 {
+	if e.Time != 0 {
+		return e.Time
+	}
+	return e.CommitTime
 }
 
 // Buffer returns the event's backing buffer emptied, for a decoder to fill.
@@ -124,16 +138,33 @@ func QuoteIdent(s string) string {
 // Mapping names the outbox columns the relay reads. Columns of the table that
 // no field names are ignored.
 type Mapping struct {
-	ID            string // required
-	AggregateType string // required
+	ID            string // required: the "id" header, and how a row is acked
+	AggregateType string // required: the routing value of the topic template
 	AggregateID   string // required: the Kafka key
 	Type          string // required
 	Payload       string // required: the record value
 	Headers       string // optional
 	Topic         string // optional
-	CreatedAt     string // used by backfill and the reconciler
-	PublishedAt   string // used by ACK_MODE=mark
+	// CreatedAt is the row's timestamp (optional): the record timestamp,
+	// the backfill's order and the age the reconciler and the
+	// oldest-unacked gauge go by. Without it the transaction's commit time
+	// stands in (track_commit_timestamp for the rows read with SQL).
+	CreatedAt   string
+	PublishedAt string // used by ACK_MODE=mark
+	// HeaderColumns are further columns copied into record headers, each
+	// as its text form; NULL adds no header.
+	HeaderColumns []HeaderColumn
 }
+
+// HeaderColumn is a column copied into a record header of the given name.
+type HeaderColumn struct {
+	Column string
+	Header string
+}
+
+// MaxHeaderColumns bounds Mapping.HeaderColumns: the decoder keeps their
+// values in a fixed array so that a row costs no allocation.
+const MaxHeaderColumns = 16
 
 // DefaultMapping returns the column names of the default outbox table, which
 // match Debezium's outbox event router.

@@ -3,6 +3,7 @@ package publisher
 import (
 	"errors"
 	"fmt"
+	"github.com/outbox-relay/outbox-relay/outbox"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -25,16 +26,13 @@ const (
 	DefaultBackoffMax          = 5 * time.Second
 )
 
-// aggregateTypePlaceholder is replaced in the topic template by the event's
-// aggregate type.
-const aggregateTypePlaceholder = "${aggregatetype}"
-
 // Config configures the Kafka producer. Zero values mean the documented defaults.
 type Config struct {
 	// Brokers are the bootstrap brokers, host:port. Required.
 	Brokers []string
 	// TopicTemplate names the topic of an event without a topic of its own;
-	// ${aggregatetype} is replaced by the event's aggregate type.
+	// ${aggregatetype} (or Debezium's ${routedByValue}) is replaced by the
+	// event's aggregate type; any other placeholder is refused.
 	// Default "outbox.event.${aggregatetype}".
 	TopicTemplate string
 	// BatchSize is the most records one produce call carries; default 1000.
@@ -67,6 +65,11 @@ type Config struct {
 	// created) is retried before its records fail as unknown_topic;
 	// default 30s.
 	UnknownTopicTimeout time.Duration
+	// CloudEvents adds the CloudEvents 1.0 binary-mode headers to every
+	// record (ce_specversion, ce_id, ce_source, ce_type, ce_time), with
+	// CloudEventsSource as ce_source, which it then requires.
+	CloudEvents       bool
+	CloudEventsSource string
 	// OnRetry, when set, is called with the kind (errorKind) of the error of
 	// every write that is retried (for metrics); it must not block.
 	OnRetry func(kind string)
@@ -100,13 +103,17 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.TopicTemplate == "" {
 		cfg.TopicTemplate = DefaultTopicTemplate
 	}
-	// A template whose fixed part cannot be a topic name would reject every
-	// event; say so at start instead.
-	if err := validTopic(expandTemplate(cfg.TopicTemplate, []byte("x"))); err != nil {
-		return cfg, fmt.Errorf("topic template %q: %w", cfg.TopicTemplate, err)
+	// A template whose fixed part cannot be a topic name, or with a
+	// placeholder nothing fills in, would reject every event; say so at
+	// start instead.
+	if err := outbox.CheckTopicTemplate(cfg.TopicTemplate); err != nil {
+		return cfg, fmt.Errorf("topic template %q: %w: %w", cfg.TopicTemplate, ErrInvalidTopic, err)
 	}
 	if cfg.BatchSize < 0 || cfg.BatchBytes < 0 || cfg.MaxMessageBytes < 0 || cfg.UnknownTopicTimeout < 0 || cfg.WriteTimeout < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 {
 		return cfg, errors.New("batch size, batch bytes, max message bytes, write timeout and backoffs must not be negative")
+	}
+	if cfg.CloudEvents && cfg.CloudEventsSource == "" {
+		return cfg, &SettingError{Setting: "CloudEventsSource", Err: errors.New("required with CloudEvents")}
 	}
 	if cfg.MaxMessageBytes == 0 {
 		cfg.MaxMessageBytes = DefaultMaxMessageBytes

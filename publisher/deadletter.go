@@ -51,5 +51,5 @@ func deadLetterMessage(topic string, d *outbox.DeadLetter) kafka.Message {
 		kafka.Header{Key: outbox.HeaderDLQError, Value: []byte(errText)},
 		kafka.Header{Key: outbox.HeaderDLQOriginalTopic, Value: []byte(d.OriginalTopic)},
 		kafka.Header{Key: outbox.HeaderDLQLSN, Value: []byte(lsn)})
-	return kafka.Message{Topic: topic, Key: key, Value: value, Headers: headers}
+	return kafka.Message{Topic: topic, Key: key, Value: value, Headers: headers, Time: recordTime(ev)}
 }

@@ -61,6 +61,9 @@ func New(cfg Config, log zerolog.Logger) (*Publisher, error) {
 		topics:   newTopicCache(cfg.TopicTemplate),
 		unknown:  newUnknownTopics(cfg.UnknownTopicTimeout),
 	}
+	if cfg.CloudEvents {
+		p.records.cloudEvents = []byte(cfg.CloudEventsSource)
+	}
 	transport := cfg.Transport
 	if transport == nil {
 		t, err := newTransport(cfg)

@@ -1,6 +1,8 @@
 package publisher
 
 import (
+	"time"
+
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/segmentio/kafka-go"
 )
@@ -37,12 +39,41 @@ type recordBuilder struct {
 	msgs    []kafka.Message
 	headers []kafka.Header
 	indexes []int // indexes[i] is the caller's index of msgs[i]
+	// cloudEvents, when set, is the ce_source of the CloudEvents headers
+	// every record gets; times holds their ce_time values.
+	cloudEvents []byte
+	times       []byte
 }
+
+// The CloudEvents binary-mode headers (the Kafka protocol binding of
+// CloudEvents 1.0: attribute names prefixed with ce_).
+const (
+	HeaderCloudEventsID          = "ce_id"
+	HeaderCloudEventsType        = "ce_type"
+	HeaderCloudEventsSource      = "ce_source"
+	HeaderCloudEventsSpecVersion = "ce_specversion"
+	HeaderCloudEventsTime        = "ce_time"
+)
+
+// cloudEventsHeaders is how many headers CloudEvents adds to a record.
+const cloudEventsHeaders = 5
+
+var specVersion = []byte("1.0")
+
+// maxTimeLen is the longest RFC 3339 time ce_time carries (nanoseconds, Z).
+const maxTimeLen = len("2006-01-02T15:04:05.999999999Z")
 
 func (b *recordBuilder) reset(n, headers int) {
 	if cap(b.msgs) < n {
 		b.msgs = make([]kafka.Message, 0, n)
 		b.indexes = make([]int, 0, n)
+	}
+	if b.cloudEvents != nil {
+		headers += cloudEventsHeaders * n
+		if cap(b.times) < n*maxTimeLen {
+			b.times = make([]byte, 0, n*maxTimeLen)
+		}
+		b.times = b.times[:0]
 	}
 	// Size the header array once: a reallocation would leave the earlier
 	// messages pointing at the old array, which is harmless but wasteful.
@@ -58,11 +89,15 @@ func (b *recordBuilder) reset(n, headers int) {
 func (b *recordBuilder) add(index int, topic string, ev *outbox.Event) *kafka.Message {
 	start := len(b.headers)
 	b.headers = appendEventHeaders(b.headers, ev)
+	if b.cloudEvents != nil {
+		b.headers = b.appendCloudEvents(b.headers, ev)
+	}
 	b.msgs = append(b.msgs, kafka.Message{
 		Topic:   topic,
 		Key:     ev.AggregateID,
 		Value:   ev.Payload,
 		Headers: b.headers[start:len(b.headers):len(b.headers)],
+		Time:    recordTime(ev),
 	})
 	b.indexes = append(b.indexes, index)
 	return &b.msgs[len(b.msgs)-1]
@@ -87,6 +122,34 @@ func appendEventHeaders(headers []kafka.Header, ev *outbox.Event) []kafka.Header
 		headers = append(headers, kafka.Header{Key: h.Key, Value: h.Value})
 	}
 	return headers
+}
+
+// appendCloudEvents appends the CloudEvents binary-mode headers of ev's
+// record: ce_id and ce_type from the id and type columns, the configured
+// ce_source, ce_specversion 1.0 and, when the record has a time, ce_time.
+func (b *recordBuilder) appendCloudEvents(headers []kafka.Header, ev *outbox.Event) []kafka.Header {
+	headers = append(headers,
+		kafka.Header{Key: HeaderCloudEventsSpecVersion, Value: specVersion},
+		kafka.Header{Key: HeaderCloudEventsID, Value: ev.ID},
+		kafka.Header{Key: HeaderCloudEventsSource, Value: b.cloudEvents},
+		kafka.Header{Key: HeaderCloudEventsType, Value: ev.Type},
+	)
+	if t := ev.RecordTime(); t != 0 {
+		start := len(b.times)
+		b.times = time.Unix(0, t).UTC().AppendFormat(b.times, time.RFC3339Nano)
+		headers = append(headers, kafka.Header{Key: HeaderCloudEventsTime, Value: b.times[start:len(b.times):len(b.times)]})
+	}
+	return headers
+}
+
+// recordTime is the timestamp of ev's record: the row's timestamp column,
+// else its commit time (outbox.Event.RecordTime); zero when neither is
+// known, and the producer stamps the send time.
+func recordTime(ev *outbox.Event) time.Time {
+	if t := ev.RecordTime(); t != 0 {
+		return time.Unix(0, t)
+	}
+	return time.Time{}
 }
 
 // countHeaders is the number of headers the records of events carry.

@@ -3,7 +3,6 @@ package publisher
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
@@ -25,10 +24,6 @@ func validTopic(name string) error {
 	return nil
 }
 
-func expandTemplate(template string, aggregateType []byte) string {
-	return strings.ReplaceAll(template, aggregateTypePlaceholder, string(aggregateType))
-}
-
 // routeTopic returns the topic ev goes to, without caching. With an error
 // (an invalid name) it still returns the name, for dead letters and logs.
 func routeTopic(template string, ev *outbox.Event) (string, error) {
@@ -36,7 +31,7 @@ func routeTopic(template string, ev *outbox.Event) (string, error) {
 	if ev.Topic != nil {
 		name = string(ev.Topic)
 	} else {
-		name = expandTemplate(template, ev.AggregateType)
+		name = outbox.ExpandTopic(template, ev.AggregateType)
 	}
 	return name, validTopic(name)
 }

@@ -18,6 +18,8 @@ func TestTopicRouting(t *testing.T) {
 		want          string // "" when the topic is invalid
 	}{
 		{"default template", DefaultTopicTemplate, "order", nil, "outbox.event.order"},
+		{"Debezium's template", "outbox.event.${routedByValue}", "order", nil, "outbox.event.order"},
+		{"both placeholders", "${routedByValue}.${aggregatetype}", "a", nil, "a.a"},
 		{"placeholder twice", "${aggregatetype}.x.${aggregatetype}", "a", nil, "a.x.a"},
 		{"no placeholder", "all-events", "order", nil, "all-events"},
 		{"override wins", DefaultTopicTemplate, "order", []byte("billing_v2"), "billing_v2"},
@@ -52,7 +54,7 @@ func TestTopicRouting(t *testing.T) {
 			if (err == nil) != (tt.want != "") || (err == nil && got != tt.want) {
 				t.Errorf("routeTopic = %q, %v; want %q", got, err, tt.want)
 			}
-			raw := expandTemplate(tt.template, ev.AggregateType)
+			raw := outbox.ExpandTopic(tt.template, ev.AggregateType)
 			if ev.Topic != nil {
 				raw = string(ev.Topic)
 			}

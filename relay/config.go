@@ -67,6 +67,42 @@ type Config struct {
 	KafkaClientID            string        `env:"KAFKA_CLIENT_ID" envDefault:"outbox-relay"`
 	KafkaWriteTimeout        time.Duration `env:"KAFKA_WRITE_TIMEOUT" envDefault:"10s"`
 	KafkaUnknownTopicTimeout time.Duration `env:"KAFKA_UNKNOWN_TOPIC_TIMEOUT" envDefault:"30s"`
+
+	// The outbox table's columns (see outbox.Mapping); the defaults are
+	// the relay's own table, whose names Debezium's router uses too.
+	ColumnID          string `env:"COLUMN_ID" envDefault:"id"`
+	ColumnKey         string `env:"COLUMN_KEY" envDefault:"aggregateid"`
+	ColumnRoute       string `env:"COLUMN_ROUTE" envDefault:"aggregatetype"`
+	ColumnType        string `env:"COLUMN_TYPE" envDefault:"type"`
+	ColumnPayload     string `env:"COLUMN_PAYLOAD" envDefault:"payload"`
+	ColumnHeaders     string `env:"COLUMN_HEADERS" envDefault:"headers"`
+	ColumnTopic       string `env:"COLUMN_TOPIC" envDefault:"topic"`
+	ColumnTimestamp   string `env:"COLUMN_TIMESTAMP" envDefault:"created_at"`
+	ColumnPublishedAt string `env:"COLUMN_PUBLISHED_AT" envDefault:"published_at"`
+	// HeaderColumns lists further columns copied into record headers:
+	// "column[:header],…" (the header is named after the column unless
+	// given).
+	HeaderColumns string `env:"HEADER_COLUMNS"`
+
+	// CloudEvents adds the CloudEvents binary-mode headers (ce_id, ce_type,
+	// ce_source, ce_specversion, ce_time) to every record.
+	CloudEvents       bool   `env:"CLOUDEVENTS" envDefault:"false"`
+	CloudEventsSource string `env:"CLOUDEVENTS_SOURCE"`
+}
+
+// ColumnVariables names the variable that sets each outbox.Mapping field,
+// for errors about the table's columns.
+var ColumnVariables = map[string]string{
+	"ID":            EnvPrefix + "COLUMN_ID",
+	"AggregateID":   EnvPrefix + "COLUMN_KEY",
+	"AggregateType": EnvPrefix + "COLUMN_ROUTE",
+	"Type":          EnvPrefix + "COLUMN_TYPE",
+	"Payload":       EnvPrefix + "COLUMN_PAYLOAD",
+	"Headers":       EnvPrefix + "COLUMN_HEADERS",
+	"Topic":         EnvPrefix + "COLUMN_TOPIC",
+	"CreatedAt":     EnvPrefix + "COLUMN_TIMESTAMP",
+	"PublishedAt":   EnvPrefix + "COLUMN_PUBLISHED_AT",
+	"HeaderColumns": EnvPrefix + "HEADER_COLUMNS",
 }
 
 // Needs says which connection settings a command requires.
@@ -153,6 +189,22 @@ func (c Config) Validate() error {
 	}
 	if c.Topic == "" {
 		bad("TOPIC", "must not be empty")
+	} else if err := outbox.CheckTopicTemplate(c.Topic); err != nil {
+		bad("TOPIC", "%q: %v", c.Topic, err)
+	}
+	for _, col := range []struct{ name, value string }{
+		{"COLUMN_ID", c.ColumnID}, {"COLUMN_KEY", c.ColumnKey}, {"COLUMN_ROUTE", c.ColumnRoute},
+		{"COLUMN_TYPE", c.ColumnType}, {"COLUMN_PAYLOAD", c.ColumnPayload},
+	} {
+		if strings.TrimSpace(col.value) == "" {
+			bad(col.name, "must name a column")
+		}
+	}
+	if _, err := parseHeaderColumns(c.HeaderColumns); err != nil {
+		bad("HEADER_COLUMNS", "%v", err)
+	}
+	if c.CloudEvents && c.CloudEventsSource == "" {
+		bad("CLOUDEVENTS_SOURCE", "must be set when OUTBOX_RELAY_CLOUDEVENTS is (ce_source, a URI reference such as /orders-service)")
 	}
 	switch c.AckMode {
 	case outbox.AckDelete, outbox.AckMark, outbox.AckNone:
@@ -229,10 +281,52 @@ func (c Config) TableName() outbox.Table {
 	return t
 }
 
-// Mapping returns the outbox table's column mapping. It is resolved here
-// once, and New, Setup and Status pass it down to every stage: making the
-// columns configurable is a change to Config alone.
-func (c Config) Mapping() outbox.Mapping { return outbox.DefaultMapping() }
+// Mapping returns the outbox table's column mapping, from the COLUMN_*
+// and HEADER_COLUMNS variables. It is resolved here once, and New, Setup
+// and Status pass it down to every stage.
+func (c Config) Mapping() outbox.Mapping {
+	headers, _ := parseHeaderColumns(c.HeaderColumns) // Validate refused a bad list
+	return outbox.Mapping{
+		ID:            c.ColumnID,
+		AggregateType: c.ColumnRoute,
+		AggregateID:   c.ColumnKey,
+		Type:          c.ColumnType,
+		Payload:       c.ColumnPayload,
+		Headers:       c.ColumnHeaders,
+		Topic:         c.ColumnTopic,
+		CreatedAt:     c.ColumnTimestamp,
+		PublishedAt:   c.ColumnPublishedAt,
+		HeaderColumns: headers,
+	}
+}
+
+// parseHeaderColumns parses HEADER_COLUMNS: "column[:header],…".
+func parseHeaderColumns(s string) ([]outbox.HeaderColumn, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var list []outbox.HeaderColumn
+	seen := map[string]bool{}
+	for _, item := range strings.Split(s, ",") {
+		column, header, named := strings.Cut(strings.TrimSpace(item), ":")
+		column, header = strings.TrimSpace(column), strings.TrimSpace(header)
+		if !named {
+			header = column
+		}
+		if column == "" || header == "" {
+			return nil, fmt.Errorf("%q: want column[:header], comma-separated", item)
+		}
+		if seen[column] {
+			return nil, fmt.Errorf("column %q is listed twice", column)
+		}
+		seen[column] = true
+		list = append(list, outbox.HeaderColumn{Column: column, Header: header})
+	}
+	if len(list) > outbox.MaxHeaderColumns {
+		return nil, fmt.Errorf("%d columns, at most %d", len(list), outbox.MaxHeaderColumns)
+	}
+	return list, nil
+}
 
 // nameVariables rewrites the parser's errors, which name struct fields, to
 // name the environment variables a user sets.

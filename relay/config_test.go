@@ -3,6 +3,7 @@ package relay
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,13 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"write timeout", append(base, "OUTBOX_RELAY_KAFKA_WRITE_TIMEOUT=0s"), true, "OUTBOX_RELAY_KAFKA_WRITE_TIMEOUT"},
 		{"unknown topic timeout", append(base, "OUTBOX_RELAY_KAFKA_UNKNOWN_TOPIC_TIMEOUT=-1s"), true, "OUTBOX_RELAY_KAFKA_UNKNOWN_TOPIC_TIMEOUT"},
 		{"negative heartbeat", append(base, "OUTBOX_RELAY_HEARTBEAT_INTERVAL=-1s"), true, "OUTBOX_RELAY_HEARTBEAT_INTERVAL"},
+		{"unknown placeholder", append(base, "OUTBOX_RELAY_TOPIC=outbox.${aggregateId}"), true, "OUTBOX_RELAY_TOPIC: \"outbox.${aggregateId}\": unknown placeholder ${aggregateId}"},
+		{"unterminated placeholder", append(base, "OUTBOX_RELAY_TOPIC=outbox.${routedByValue"), true, "OUTBOX_RELAY_TOPIC"},
+		{"blank key column", append(base, "OUTBOX_RELAY_COLUMN_KEY= "), true, "OUTBOX_RELAY_COLUMN_KEY"},
+		{"header column without a name", append(base, "OUTBOX_RELAY_HEADER_COLUMNS=a,:b"), true, "OUTBOX_RELAY_HEADER_COLUMNS"},
+		{"header column twice", append(base, "OUTBOX_RELAY_HEADER_COLUMNS=a,a:b"), true, "OUTBOX_RELAY_HEADER_COLUMNS"},
+		{"too many header columns", append(base, "OUTBOX_RELAY_HEADER_COLUMNS=a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q"), true, "OUTBOX_RELAY_HEADER_COLUMNS"},
+		{"cloudevents without a source", append(base, "OUTBOX_RELAY_CLOUDEVENTS=true"), true, "OUTBOX_RELAY_CLOUDEVENTS_SOURCE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,6 +99,39 @@ func TestLoadConfigErrors(t *testing.T) {
 	}
 	if _, err := LoadConfig([]string{"OUTBOX_RELAY_PG_URL=postgres://h/db"}, false); err != nil {
 		t.Errorf("setup without brokers: %v, want no error", err)
+	}
+}
+
+// TestLoadConfigMapping: the defaults are the relay's own column names (which
+// are Debezium's too), and every column variable reaches the mapping.
+func TestLoadConfigMapping(t *testing.T) {
+	base := []string{"OUTBOX_RELAY_PG_URL=postgres://h/db"}
+	cfg, err := LoadConfig(base, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Mapping(), outbox.DefaultMapping(); !reflect.DeepEqual(got, want) {
+		t.Errorf("default Mapping = %+v, want %+v", got, want)
+	}
+	cfg, err = LoadConfig(append(base,
+		"OUTBOX_RELAY_COLUMN_ID=event_id", "OUTBOX_RELAY_COLUMN_KEY=k", "OUTBOX_RELAY_COLUMN_ROUTE=r",
+		"OUTBOX_RELAY_COLUMN_TYPE=t", "OUTBOX_RELAY_COLUMN_PAYLOAD=body", "OUTBOX_RELAY_COLUMN_HEADERS=h",
+		"OUTBOX_RELAY_COLUMN_TOPIC=dest", "OUTBOX_RELAY_COLUMN_TIMESTAMP=ts", "OUTBOX_RELAY_COLUMN_PUBLISHED_AT=sent",
+		"OUTBOX_RELAY_HEADER_COLUMNS=trace_parent:traceparent, tenant ",
+		"OUTBOX_RELAY_TOPIC=outbox.event.${routedByValue}"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := outbox.Mapping{ID: "event_id", AggregateID: "k", AggregateType: "r", Type: "t", Payload: "body", Headers: "h",
+		Topic: "dest", CreatedAt: "ts", PublishedAt: "sent",
+		HeaderColumns: []outbox.HeaderColumn{{Column: "trace_parent", Header: "traceparent"}, {Column: "tenant", Header: "tenant"}}}
+	if got := cfg.Mapping(); !reflect.DeepEqual(got, want) {
+		t.Errorf("Mapping = %+v, want %+v", got, want)
+	}
+	for field, variable := range ColumnVariables {
+		if _, ok := reflect.TypeFor[outbox.Mapping]().FieldByName(field); !ok {
+			t.Errorf("ColumnVariables names %s for a field %s that outbox.Mapping lacks", variable, field)
+		}
 	}
 }
 

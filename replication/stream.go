@@ -96,6 +96,9 @@ func Connect(ctx context.Context, pgURL string, log zerolog.Logger) (*Conn, erro
 	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
 		return pgproto3.NewFrontend(bufio.NewReaderSize(r, readBuffer), w)
 	}
+	// pgoutput sends text values in the walsender's DateStyle; the decoder
+	// reads timestamps in ISO form, whatever the server's default.
+	cfg.RuntimeParams["DateStyle"] = "ISO"
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "outbox-relay"
 	}

@@ -171,6 +171,8 @@ func newProducer(cfg relay.Config, log zerolog.Logger) relay.NewProducer {
 		pub, err := publisher.New(publisher.Config{
 			Brokers:             trimAll(cfg.KafkaBrokers),
 			TopicTemplate:       cfg.Topic,
+			CloudEvents:         cfg.CloudEvents,
+			CloudEventsSource:   cfg.CloudEventsSource,
 			BatchBytes:          cfg.KafkaBatchBytes,
 			MaxMessageBytes:     cfg.KafkaMaxMessageBytes,
 			Compression:         cfg.KafkaCompression,
@@ -195,9 +197,10 @@ func newProducer(cfg relay.Config, log zerolog.Logger) relay.NewProducer {
 // settingVariables names the variable behind each publisher.Config field
 // that can be invalid in a way only the publisher finds out.
 var settingVariables = map[string]string{
-	"TLSCAFile":     "KAFKA_TLS_CA_FILE",
-	"SASLMechanism": "KAFKA_SASL_MECHANISM",
-	"Compression":   "KAFKA_COMPRESSION",
+	"TLSCAFile":         "KAFKA_TLS_CA_FILE",
+	"SASLMechanism":     "KAFKA_SASL_MECHANISM",
+	"Compression":       "KAFKA_COMPRESSION",
+	"CloudEventsSource": "CLOUDEVENTS_SOURCE",
 }
 
 // nameSetting rewrites a publisher error about one setting to name the
