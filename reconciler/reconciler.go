@@ -19,7 +19,9 @@
 // inserting transaction), not at commit, so the rule holds only if Grace is
 // longer than the longest transaction that writes to the outbox: a
 // transaction open for longer than Grace could commit a row that already
-// looks old enough.
+// looks old enough. A table without the column (Debezium's shape) is swept
+// by its rows' commit times instead (pg_xact_commit_timestamp(xmin), which
+// needs track_commit_timestamp = on), for which the rule holds exactly.
 //
 // The reconciler runs only in the process that streams (the leader); it
 // works with ACK_MODE delete and mark, and not at all with none, where a
@@ -53,9 +55,10 @@ var ErrDisabled = errors.New("reconciler disabled: ACK_MODE none leaves delivere
 
 // Config configures a Reconciler. Zero durations and batch take the defaults.
 type Config struct {
-	// Table is the outbox table and Mapping its columns; Mapping.CreatedAt
-	// must name a column, and with AckMode mark so must Mapping.PublishedAt.
-	// A row whose created_at is NULL is never swept.
+	// Table is the outbox table and Mapping its columns; without the
+	// Mapping.CreatedAt column, track_commit_timestamp must be on, and with
+	// AckMode mark Mapping.PublishedAt must name a column. A row whose
+	// created_at (or commit time) is NULL is never swept.
 	Table   outbox.Table
 	Mapping outbox.Mapping
 	// AckMode is the relay's ACK_MODE, delete or mark. Which rows are
@@ -131,9 +134,6 @@ func New(cfg Config, connect Connect, dl DeadLetterer, pos Position, log zerolog
 	var errs []error
 	if cfg.Grace < 0 || cfg.Interval < 0 || cfg.Batch < 0 {
 		errs = append(errs, fmt.Errorf("reconciler: grace %s, interval %s and batch %d must be positive", cfg.Grace, cfg.Interval, cfg.Batch))
-	}
-	if cfg.Mapping.CreatedAt == "" {
-		errs = append(errs, errors.New("reconciler: the column mapping names no created_at column"))
 	}
 	if cfg.AckMode == outbox.AckMark && cfg.Mapping.PublishedAt == "" {
 		errs = append(errs, errors.New("reconciler: ack mode mark and the column mapping names no published_at column"))

@@ -26,23 +26,23 @@ type queries struct {
 
 func buildQueries(cols *rows.Columns, cfg Config) (*queries, error) {
 	m := cfg.Mapping
-	if !cols.Has(m.CreatedAt) {
-		return nil, fmt.Errorf("table %s has no column %q (created_at), which the reconciler needs", cfg.Table, m.CreatedAt)
+	age := cols.Time()
+	if age == "" {
+		return nil, fmt.Errorf("table %s has no column %q (OUTBOX_RELAY_COLUMN_TIMESTAMP) and track_commit_timestamp is off: the reconciler needs a row's age from one of them", cfg.Table, m.CreatedAt)
 	}
 	if cfg.AckMode == outbox.AckMark && !cols.Has(m.PublishedAt) {
 		return nil, fmt.Errorf("table %s has no column %q (published_at), which ACK_MODE mark needs", cfg.Table, m.PublishedAt)
 	}
 	table := cfg.Table.Quoted()
-	createdAt := outbox.QuoteIdent(m.CreatedAt)
 	unacked := m.Unacked(cols.Has(m.PublishedAt))
 	// The age rule, on the server's clock both ways: created_at is the
-	// server's now() of the inserting transaction and the watermark's commit
-	// time comes from the WAL.
+	// server's now() of the inserting transaction (or the commit time of the
+	// row's transaction) and the watermark's commit time comes from the WAL.
 	grace := "$1::bigint * interval '1 microsecond'"
 	q := &queries{cols: cols}
 	q.selectOld = fmt.Sprintf(
 		"SELECT %s, ctid::text FROM %s WHERE %s AND %s < now() - %s AND %s < $2::timestamptz - %s ORDER BY %s, %s LIMIT $3 FOR UPDATE SKIP LOCKED",
-		cols.SelectList(), table, unacked, createdAt, grace, createdAt, grace, createdAt, outbox.QuoteIdent(m.ID))
+		cols.SelectList(), table, unacked, age, grace, age, grace, age, outbox.QuoteIdent(m.ID))
 	// The rows are locked by this transaction, so their ctids cannot change
 	// before it ends; unlike the id, a ctid also finds a row whose id is NULL.
 	byCtid := "ctid = ANY($1::text[]::tid[])"
@@ -200,7 +200,7 @@ func (r *Reconciler) lockOld(ctx context.Context, tx pgx.Tx, watermark time.Time
 		if err != nil {
 			return 0, fmt.Errorf("reconciler: %w", err)
 		}
-		r.found = append(r.found, foundRow{ctid: string(res.RawValues()[rows.NumColumns]), row: row})
+		r.found = append(r.found, foundRow{ctid: string(res.RawValues()[r.queries.cols.Len()]), row: row})
 		n++
 	}
 	if err := res.Err(); err != nil {

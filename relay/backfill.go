@@ -94,7 +94,7 @@ func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot string) (pgx.
 }
 
 // backfill publishes the unacked rows visible in the exported snapshot, in
-// created_at, id order, and acks each batch before the next. No walsender
+// created_at (or commit time), id order, and acks each batch before the next. No walsender
 // fences it (a new leader ends the old one's walsender, not its queries), so
 // before each batch it checks on conn that the leader lock is still held.
 func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, acker rowAcker, log zerolog.Logger) (int, error) {
@@ -115,9 +115,11 @@ func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, a
 	if err != nil {
 		return 0, err
 	}
+	// Oldest first, so that a key's rows go out in the order they were
+	// written: by created_at, or by commit time for a table without it.
 	order := outbox.QuoteIdent(mapping.ID)
-	if cols.Has(mapping.CreatedAt) {
-		order = outbox.QuoteIdent(mapping.CreatedAt) + ", " + order
+	if age := cols.Time(); age != "" {
+		order = age + ", " + order
 	}
 	// The count sees the same snapshot as the read below, so done/rows is
 	// the backfill's exact progress.

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/internal/rows"
 	"github.com/outbox-relay/outbox-relay/replication"
 )
 
@@ -258,9 +258,18 @@ func (r *Relay) measureOldestUnacked(ctx context.Context, conn *pgx.Conn) error 
 	if err != nil {
 		return err
 	}
+	var commitTimestamps bool
+	if err := conn.QueryRow(ctx, "SELECT current_setting('track_commit_timestamp')::bool").Scan(&commitTimestamps); err != nil {
+		return fmt.Errorf("read track_commit_timestamp: %w", err)
+	}
+	// The start check refuses a table with neither (see checkColumns).
+	created := rows.TimeExpr(hasColumn(cols, r.mapping.CreatedAt), r.mapping.CreatedAt, commitTimestamps)
+	if created == "" {
+		return fmt.Errorf("table %s has no column %q and track_commit_timestamp is off: no row age to measure", r.table, r.mapping.CreatedAt)
+	}
 	var age float64
 	err = conn.QueryRow(ctx, fmt.Sprintf("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(%s)), 0)::float8 FROM %s WHERE %s",
-		outbox.QuoteIdent(r.mapping.CreatedAt), r.table.Quoted(), r.mapping.Unacked(hasColumn(cols, r.mapping.PublishedAt)))).Scan(&age)
+		created, r.table.Quoted(), r.mapping.Unacked(hasColumn(cols, r.mapping.PublishedAt)))).Scan(&age)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/outbox-relay/outbox-relay/internal/rows"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/replication"
 )
@@ -283,14 +284,18 @@ func (r *StatusReport) readTable(ctx context.Context, conn *pgx.Conn, table outb
 		return nil, err
 	}
 	r.UnackedRows = &count
-	if _, ok := cols[mapping.CreatedAt]; !ok || count == 0 {
+	if count == 0 {
 		return nil, nil
 	}
-
 	// The oldest row by created_at; with track_commit_timestamp its
 	// transaction's commit time is known exactly (NULL for a frozen xmin, in
-	// which case created_at stands in).
-	createdAt := outbox.QuoteIdent(mapping.CreatedAt)
+	// which case created_at stands in). A table without created_at goes by
+	// the commit time alone.
+	createdAt := rows.TimeExpr(hasColumn(cols, mapping.CreatedAt), mapping.CreatedAt, commitTimestamps)
+	if createdAt == "" {
+		r.warn("table %s has no column %s (OUTBOX_RELAY_COLUMN_TIMESTAMP) and track_commit_timestamp is off: the age of unacked rows is unknown", table, mapping.CreatedAt)
+		return nil, nil
+	}
 	commitAge := "NULL::float8"
 	if commitTimestamps {
 		commitAge = "extract(epoch FROM clock_timestamp() - pg_xact_commit_timestamp(xmin))::float8"

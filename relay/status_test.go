@@ -291,6 +291,21 @@ func TestStatusCommitTimestampLag(t *testing.T) {
 	if r.LagBytes == nil || *r.LagBytes != 0 || r.LagSource != LagCaughtUp || r.LagSeconds == nil || *r.LagSeconds != 0 {
 		t.Errorf("lag = %v bytes, %v s from %q, want 0, 0 from %q", r.LagBytes, r.LagSeconds, r.LagSource, LagCaughtUp)
 	}
+
+	// A table without created_at (Debezium's shape): the commit time is
+	// the only age there is, for the oldest row and for the lag.
+	env.exec(t, ctx, "ALTER TABLE outbox DROP COLUMN created_at")
+	env.exec(t, ctx, `INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', '2', 'created', '{}')`)
+	r = env.status(t, ctx, env.cfg)
+	if r.OldestUnackedSeconds == nil || *r.OldestUnackedSeconds > 60 {
+		t.Errorf("oldest unacked seconds without created_at = %v, want the few seconds since the first row's commit", r.OldestUnackedSeconds)
+	}
+	if r.LagSource != LagCommitTimestamp || r.LagSeconds == nil {
+		t.Errorf("lag without created_at = %v from %q, want it from %q", r.LagSeconds, r.LagSource, LagCommitTimestamp)
+	}
+	if hasWarning(r, "created_at") {
+		t.Errorf("warnings = %v, want none about created_at", r.Warnings)
+	}
 }
 
 // TestStatusLostSlot provokes a lost slot: max_slot_wal_keep_size small, WAL

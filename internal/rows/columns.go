@@ -20,12 +20,8 @@ import (
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
-// NumColumns is how many columns SelectList selects. A caller may select
-// more columns after them (a ctid, say) and read those itself from
-// RawValues()[NumColumns:]; Scan ignores them.
-const NumColumns = 8
-
-// Positions of the selected columns.
+// Positions of the selected columns; the header columns
+// (Mapping.HeaderColumns) follow them, in their order.
 const (
 	colID = iota
 	colAggregateType
@@ -35,11 +31,15 @@ const (
 	colHeaders
 	colTopic
 	colCreatedAt
+	colTime
+	colCommitTime
+	numFixed
 )
 
 // Querier runs a query: *pgx.Conn and pgx.Tx are Queriers.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // Columns says how the mapped columns of one outbox table are selected and
@@ -49,16 +49,20 @@ type Columns struct {
 	mapping outbox.Mapping
 	present map[string]bool   // the table's columns
 	types   map[string]string // column name -> built-in type name (pg_type.typname)
-	// payloadHex: the payload column is bytea, selected as hex text and
-	// decoded back to the raw bytes, as the decoder does with bytea.
-	payloadHex bool
+	// commitTimestamps: track_commit_timestamp is on, so a row's commit
+	// time is known (pg_xact_commit_timestamp(xmin)).
+	commitTimestamps bool
+	// hex says, per selected column, that it is a bytea selected as hex
+	// text and decoded back to the raw bytes, as the decoder does with bytea.
+	hex        []bool
 	selectList string
 }
 
 // Lookup reads the columns of table from the catalog and returns how to read
 // its rows with mapping m. The columns for ID, AggregateType, AggregateID,
-// Type and Payload must exist; Headers, Topic and CreatedAt may be absent
-// from the table (or unnamed by m), and are then selected as NULL.
+// Type and Payload must exist, and those of m.HeaderColumns; Headers, Topic
+// and CreatedAt may be absent from the table (or unnamed by m), and are then
+// selected as NULL.
 //
 // In a transaction that imports a snapshot, call Lookup after SET
 // TRANSACTION SNAPSHOT, or before BEGIN on the same connection: the snapshot
@@ -91,6 +95,10 @@ func Lookup(ctx context.Context, q Querier, table outbox.Table, m outbox.Mapping
 	if len(present) == 0 {
 		return nil, fmt.Errorf("table %s does not exist", table)
 	}
+	var commitTimestamps bool
+	if err := q.QueryRow(ctx, "SELECT current_setting('track_commit_timestamp')::bool").Scan(&commitTimestamps); err != nil {
+		return nil, fmt.Errorf("read track_commit_timestamp: %w", err)
+	}
 	required := []struct{ field, column string }{
 		{"ID", m.ID}, {"AggregateType", m.AggregateType}, {"AggregateID", m.AggregateID},
 		{"Type", m.Type}, {"Payload", m.Payload},
@@ -103,9 +111,40 @@ func Lookup(ctx context.Context, q Querier, table outbox.Table, m outbox.Mapping
 			return nil, fmt.Errorf("table %s has no column %q, which the column mapping requires for %s", table, r.column, r.field)
 		}
 	}
-	c := &Columns{table: table, mapping: m, present: present, types: types, payloadHex: types[m.Payload] == "bytea"}
+	for _, h := range m.HeaderColumns {
+		if !present[h.Column] {
+			return nil, fmt.Errorf("table %s has no column %q, which the column mapping copies into header %q", table, h.Column, h.Header)
+		}
+	}
+	c := &Columns{table: table, mapping: m, present: present, types: types, commitTimestamps: commitTimestamps}
 	c.selectList = c.buildSelectList()
 	return c, nil
+}
+
+// Len is how many columns SelectList selects. A caller may select more
+// columns after them (a ctid, say) and read those itself from
+// RawValues()[Len():]; Scan ignores them.
+func (c *Columns) Len() int { return numFixed + len(c.mapping.HeaderColumns) }
+
+// Time is the SQL expression of a row's age, for the reconciler's rule,
+// the backfill's order and the oldest-unacked gauge: the timestamp column
+// (Mapping.CreatedAt) when the table has it, else the commit time of the
+// row's transaction when track_commit_timestamp is on (NULL for a row
+// older than the setting, and for a frozen one); "" when neither is there.
+func (c *Columns) Time() string {
+	return TimeExpr(c.Has(c.mapping.CreatedAt), c.mapping.CreatedAt, c.commitTimestamps)
+}
+
+// TimeExpr is Columns.Time for callers without a Columns: hasColumn says
+// whether the table has the timestamp column.
+func TimeExpr(hasColumn bool, column string, commitTimestamps bool) string {
+	switch {
+	case hasColumn:
+		return outbox.QuoteIdent(column) + "::timestamptz"
+	case commitTimestamps:
+		return "pg_xact_commit_timestamp(xmin)"
+	}
+	return ""
 }
 
 // Has reports whether the table has the named column.
@@ -113,16 +152,26 @@ func (c *Columns) Has(column string) bool { return column != "" && c.present[col
 
 // SelectList is the column list of a SELECT from the outbox table whose rows
 // Scan reads: id, aggregatetype, aggregateid, type, payload, headers, topic
-// and created_at (as mapped), each but created_at as the text pgoutput
-// carries for it (`col::text`; a bpchar as is, keeping its padding; a bytea
-// payload as hex); mapped columns the table lacks are selected as NULL.
-// Column names are quoted, so the list can be used as is in
-// `SELECT <list> FROM <table>`.
+// (as mapped), each as the text pgoutput carries for it (`col::text`; a
+// bpchar as is, keeping its padding; a bytea as hex); then the row's age
+// (Time), its record time (a timestamptz timestamp column, in Unix
+// microseconds), its commit time (with track_commit_timestamp, in Unix
+// microseconds), and the header columns as text. Mapped columns the table
+// lacks are selected as NULL. Column names are quoted, so the list can be
+// used as is in `SELECT <list> FROM <table>`.
 func (c *Columns) SelectList() string { return c.selectList }
+
+// int64 nanoseconds hold 1678 to 2261: an instant outside (or infinite) is
+// no record time, as in the decoder.
+const (
+	minRecordTime = "'1678-01-01 00:00:00+00'"
+	maxRecordTime = "'2262-01-01 00:00:00+00'"
+)
 
 func (c *Columns) buildSelectList() string {
 	m := c.mapping
-	asText := func(column string) string {
+	c.hex = make([]bool, c.Len())
+	asText := func(col int, column string) string {
 		switch {
 		case !c.Has(column):
 			return "NULL::text"
@@ -130,27 +179,41 @@ func (c *Columns) buildSelectList() string {
 			// A cast to text would strip the padding the stream keeps; a
 			// bpchar's binary and text forms are both the padded text.
 			return outbox.QuoteIdent(column)
+		case c.types[column] == "bytea" && (col == colPayload || col >= numFixed):
+			// bytea's text form depends on bytea_output; hex does not.
+			c.hex[col] = true
+			return "encode(" + outbox.QuoteIdent(column) + ", 'hex')"
 		default:
 			// The type's output function, as pgoutput sends it.
 			return outbox.QuoteIdent(column) + "::text"
 		}
 	}
-	exprs := [NumColumns]string{
-		colID:            asText(m.ID),
-		colAggregateType: asText(m.AggregateType),
-		colAggregateID:   asText(m.AggregateID),
-		colType:          asText(m.Type),
-		colPayload:       asText(m.Payload),
-		colHeaders:       asText(m.Headers),
-		colTopic:         asText(m.Topic),
-		colCreatedAt:     "NULL::timestamptz",
+	micros := func(expr string) string {
+		return "(extract(epoch FROM " + expr + ") * 1000000)::int8"
 	}
-	if c.payloadHex {
-		// bytea's text form depends on bytea_output; hex does not.
-		exprs[colPayload] = "encode(" + outbox.QuoteIdent(m.Payload) + ", 'hex')"
+	exprs := make([]string, c.Len())
+	exprs[colID] = asText(colID, m.ID)
+	exprs[colAggregateType] = asText(colAggregateType, m.AggregateType)
+	exprs[colAggregateID] = asText(colAggregateID, m.AggregateID)
+	exprs[colType] = asText(colType, m.Type)
+	exprs[colPayload] = asText(colPayload, m.Payload)
+	exprs[colHeaders] = asText(colHeaders, m.Headers)
+	exprs[colTopic] = asText(colTopic, m.Topic)
+	exprs[colCreatedAt] = "NULL::timestamptz"
+	if t := c.Time(); t != "" {
+		exprs[colCreatedAt] = t
 	}
-	if c.Has(m.CreatedAt) {
-		exprs[colCreatedAt] = outbox.QuoteIdent(m.CreatedAt) + "::timestamptz"
+	exprs[colTime] = "NULL::int8"
+	if c.Has(m.CreatedAt) && c.types[m.CreatedAt] == "timestamptz" {
+		col := outbox.QuoteIdent(m.CreatedAt)
+		exprs[colTime] = "CASE WHEN " + col + " >= " + minRecordTime + " AND " + col + " < " + maxRecordTime + " THEN " + micros(col) + " END"
 	}
-	return strings.Join(exprs[:], ", ")
+	exprs[colCommitTime] = "NULL::int8"
+	if c.commitTimestamps {
+		exprs[colCommitTime] = micros("pg_xact_commit_timestamp(xmin)")
+	}
+	for i, h := range m.HeaderColumns {
+		exprs[numFixed+i] = asText(numFixed+i, h.Column)
+	}
+	return strings.Join(exprs, ", ")
 }

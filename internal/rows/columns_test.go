@@ -54,8 +54,11 @@ func TestScanOptionalColumnsMissing(t *testing.T) {
 	if !cols.Has("payload") {
 		t.Errorf(`Has("payload") = false, want true`)
 	}
-	if got := cols.SelectList(); strings.Count(got, "NULL::") != 3 {
-		t.Errorf("SelectList() = %s, want headers, topic and created_at selected as NULL", got)
+	if got := cols.SelectList(); strings.Count(got, "NULL::") != 5 {
+		t.Errorf("SelectList() = %s, want headers, topic, created_at, record and commit time selected as NULL", got)
+	}
+	if got := cols.Time(); got != "" {
+		t.Errorf("Time() = %q with no created_at and track_commit_timestamp off, want \"\"", got)
 	}
 
 	ev := outbox.Event{Topic: []byte("stale"), Headers: headers("stale", "x"), LSN: 7, CommitTime: 8, Txn: 9}
@@ -145,7 +148,13 @@ func TestScanColumnTypes(t *testing.T) {
 			}
 			var ev outbox.Event
 			row := scanOne(t, conn, cols, schema+".outbox", &ev)
-			checkEvent(t, &ev, &tt.want)
+			want := tt.want
+			if strings.Contains(tt.ddl, "created_at timestamptz") {
+				// A timestamptz is the record time; a timestamp (without
+				// time zone) is not.
+				want.Time = row.CreatedAt.UnixNano()
+			}
+			checkEvent(t, &ev, &want)
 			if !row.Problem.IsZero() {
 				t.Errorf("Problem = %v, want none", row.Problem)
 			}
@@ -186,12 +195,14 @@ func TestScanReusesEvent(t *testing.T) {
 			first = &ev.ID[0]
 		case 1:
 			want := defaultEvent(func(ev *outbox.Event) { ev.ID, ev.Payload, ev.Headers = b("2"), nil, nil })
+			want.Time = row.CreatedAt.UnixNano()
 			checkEvent(t, &ev, &want)
 			if &ev.ID[0] != first {
 				t.Errorf("second row got a new buffer, want the first row's reused")
 			}
 		case 2:
 			want := defaultEvent(func(ev *outbox.Event) { ev.ID, ev.AggregateID, ev.Headers = b("3"), nil, nil })
+			want.Time = row.CreatedAt.UnixNano()
 			checkEvent(t, &ev, &want)
 			if row.Problem.Column != "aggregateid" {
 				t.Errorf("Problem = %v, want aggregateid is null", row.Problem)

@@ -64,7 +64,7 @@ func TestScanMatchesDecoder(t *testing.T) {
 				mustExec(t, conn, stmt)
 			}
 
-			streamed := decodeSlot(t, conn, db)
+			streamed := decodeSlot(t, conn, db, outbox.DefaultMapping(), false)
 			if len(streamed) != len(tt.inserts) {
 				t.Fatalf("decoded %d inserts from the slot, want %d", len(streamed), len(tt.inserts))
 			}
@@ -73,32 +73,43 @@ func TestScanMatchesDecoder(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r, err := conn.Query(ctx, "SELECT "+cols.SelectList()+" FROM public.outbox ORDER BY k")
-			if err != nil {
-				t.Fatal(err)
+			matchScan(t, conn, cols, "k", streamed, nil)
+		})
+	}
+}
+
+// matchScan reads the outbox rows in order with Scan and compares each with
+// the decoder's Event of the same row, and then calls more, when set, for
+// further checks.
+func matchScan(t *testing.T, conn *pgx.Conn, cols *rows.Columns, order string, streamed []decoded, more func(t *testing.T, ev *outbox.Event, row rows.Row, want decoded)) {
+	t.Helper()
+	r, err := conn.Query(testContext(t), "SELECT "+cols.SelectList()+" FROM public.outbox ORDER BY "+order)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var ev outbox.Event
+	for i := 0; r.Next(); i++ {
+		row, err := cols.Scan(r, &ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Run(fmt.Sprintf("row %d", i+1), func(t *testing.T) {
+			want := streamed[i]
+			checkEvent(t, &ev, &want.event)
+			if row.Problem != want.problem {
+				t.Errorf("Problem = %+v, decoder said %+v", row.Problem, want.problem)
 			}
-			defer r.Close()
-			var ev outbox.Event
-			for i := 0; r.Next(); i++ {
-				row, err := cols.Scan(r, &ev)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Run(fmt.Sprintf("row %d", i+1), func(t *testing.T) {
-					want := streamed[i]
-					checkEvent(t, &ev, &want.event)
-					if row.Problem != want.problem {
-						t.Errorf("Problem = %+v, decoder said %+v", row.Problem, want.problem)
-					}
-					if ev.Problem != want.errText {
-						t.Errorf("ev.Problem = %q, decoder's RowError says %q", ev.Problem, want.errText)
-					}
-				})
+			if ev.Problem != want.errText {
+				t.Errorf("ev.Problem = %q, decoder's RowError says %q", ev.Problem, want.errText)
 			}
-			if err := r.Err(); err != nil {
-				t.Fatal(err)
+			if more != nil {
+				more(t, &ev, row, want)
 			}
 		})
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -119,8 +130,10 @@ type decoded struct {
 }
 
 // decodeSlot reads the slot's pending changes with the SQL interface (the
-// same pgoutput bytes a replication connection gets) and decodes them.
-func decodeSlot(t *testing.T, conn *pgx.Conn, slot string) []decoded {
+// same pgoutput bytes a replication connection gets) and decodes them with
+// mapping m. With commitTimes, each event gets its transaction's commit
+// time from the Begin message, as the relay's pipeline sets it.
+func decodeSlot(t *testing.T, conn *pgx.Conn, slot string, m outbox.Mapping, commitTimes bool) []decoded {
 	t.Helper()
 	r, err := conn.Query(testContext(t), `SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
 		'proto_version', '1', 'publication_names', 'p')`, slot)
@@ -131,11 +144,16 @@ func decodeSlot(t *testing.T, conn *pgx.Conn, slot string) []decoded {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dec := decoder.New(outboxTable, outbox.DefaultMapping())
+	dec := decoder.New(outboxTable, m)
 	var out []decoded
+	var commitTime int64
 	for _, data := range messages {
 		var ev outbox.Event
 		msg, err := dec.Decode(data, &ev)
+		if msg.Kind == decoder.KindBegin && commitTimes {
+			commitTime = msg.CommitTime
+		}
+		ev.CommitTime = commitTime
 		var rowErr *decoder.RowError
 		switch {
 		case errors.As(err, &rowErr):

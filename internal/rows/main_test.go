@@ -61,6 +61,9 @@ func checkEvent(t *testing.T, got, want *outbox.Event) {
 	if !sameHeaders(got.Headers, want.Headers) {
 		t.Errorf("Headers = %s, want %s", showHeaders(got.Headers), showHeaders(want.Headers))
 	}
+	if got.Time != want.Time {
+		t.Errorf("Time = %d, want %d", got.Time, want.Time)
+	}
 	if got.LSN != want.LSN || got.CommitTime != want.CommitTime || got.Txn != want.Txn {
 		t.Errorf("LSN, CommitTime, Txn = %v, %d, %d, want %v, %d, %d",
 			got.LSN, got.CommitTime, got.Txn, want.LSN, want.CommitTime, want.Txn)

@@ -2,6 +2,7 @@ package rows
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
@@ -41,8 +42,8 @@ func (p Problem) String() string {
 
 // Row is what Scan reports about a row beyond its Event.
 type Row struct {
-	// CreatedAt is the row's created_at; zero when it is NULL or the table
-	// has no such column.
+	// CreatedAt is the row's age as Columns.Time gives it (its timestamp
+	// column, or its commit time); zero when that is NULL or unknown.
 	CreatedAt time.Time
 	// Problem says why the row cannot become a record as it is; zero when
 	// it can. The Event is filled as far as possible all the same.
@@ -52,8 +53,9 @@ type Row struct {
 // Scan converts the current row of r, selected with SelectList, into ev,
 // reusing ev's buffer and Headers capacity. Like the decoder, it assigns
 // every field it owns whatever fails, so nothing of a recycled Event's
-// previous row survives; it sets LSN, CommitTime and Txn to zero, since a
-// row read with SQL has no WAL position.
+// previous row survives; it sets LSN and Txn to zero, since a row read with
+// SQL has no WAL position, and CommitTime to the commit time of the row's
+// transaction when track_commit_timestamp knows it, else zero.
 //
 // A row that cannot become a record is not an error: it comes back with a
 // Problem, and ev.Problem holds the text the stream gives such a row (the
@@ -62,13 +64,17 @@ type Row struct {
 // SelectList.
 func (c *Columns) Scan(r pgx.Rows, ev *outbox.Event) (Row, error) {
 	vals := r.RawValues()
-	if len(vals) < NumColumns {
-		return Row{}, fmt.Errorf("scan row of %s: %d columns, want at least %d (select rows.SelectList)", c.table, len(vals), NumColumns)
+	if len(vals) < c.Len() {
+		return Row{}, fmt.Errorf("scan row of %s: %d columns, want at least %d (select rows.SelectList)", c.table, len(vals), c.Len())
 	}
+	headerColumns := vals[numFixed:c.Len()]
 
 	need := 0
 	for _, v := range vals[:colCreatedAt] {
 		need += len(v) // hex decoding and JSON unescaping only shrink
+	}
+	for _, v := range headerColumns {
+		need += len(v)
 	}
 	buf := ev.Buffer()
 	if cap(buf) < need {
@@ -87,8 +93,33 @@ func (c *Columns) Scan(r pgx.Rows, ev *outbox.Event) (Row, error) {
 			problem = Problem{Column: c.columnName(col), Reason: reason}
 		}
 	}
+	// appendText appends a column's bytes as the decoder keeps them.
+	appendText := func(col int, v []byte) bool {
+		if !c.hex[col] {
+			buf = append(buf, v...)
+			return true
+		}
+		start := len(buf)
+		buf = append(buf, make([]byte, hex.DecodedLen(len(v)))...)
+		if _, err := hex.Decode(buf[start:], v); err != nil {
+			buf = buf[:start]
+			fail(col, "invalid hex from encode()")
+			return false
+		}
+		return true
+	}
 	var scratch [8]headerSpan
 	headers := scratch[:0]
+	// The header columns first, as the decoder puts them; NULL adds none.
+	for i, v := range headerColumns {
+		if v == nil {
+			continue
+		}
+		start := len(buf)
+		if appendText(numFixed+i, v) {
+			headers = append(headers, headerSpan{key: c.mapping.HeaderColumns[i].Header, start: start, end: len(buf)})
+		}
+	}
 	for col, v := range vals[:colCreatedAt] {
 		if v == nil {
 			switch col {
@@ -98,23 +129,16 @@ func (c *Columns) Scan(r pgx.Rows, ev *outbox.Event) (Row, error) {
 			continue
 		}
 		start := len(buf)
-		switch {
-		case col == colPayload && c.payloadHex:
-			buf = append(buf, make([]byte, hex.DecodedLen(len(v)))...)
-			if _, err := hex.Decode(buf[start:], v); err != nil {
-				buf = buf[:start]
-				fail(col, "invalid hex from encode()")
-				continue
-			}
-		case col == colHeaders:
+		if col == colHeaders {
 			var ok bool
+			n := len(headers)
 			if buf, headers, ok = appendHeaders(buf, headers, v); !ok {
-				buf, headers = buf[:start], nil // drop a partly parsed object
+				buf, headers = buf[:start], headers[:n] // drop a partly parsed object
 				fail(col, headersReason)
 				continue
 			}
-		default:
-			buf = append(buf, v...)
+		} else if !appendText(col, v) {
+			continue
 		}
 		spans[col] = span{start: start, end: len(buf), set: true}
 	}
@@ -136,7 +160,7 @@ func (c *Columns) Scan(r pgx.Rows, ev *outbox.Event) (Row, error) {
 	for _, h := range headers {
 		ev.Headers = append(ev.Headers, outbox.Header{Key: h.key, Value: buf[h.start:h.end:h.end]})
 	}
-	ev.LSN, ev.CommitTime, ev.Txn = 0, 0, 0
+	ev.LSN, ev.Txn = 0, 0
 	ev.Problem = ""
 	if !problem.IsZero() {
 		ev.Problem = c.problemText(ev.ID, problem)
@@ -144,13 +168,20 @@ func (c *Columns) Scan(r pgx.Rows, ev *outbox.Event) (Row, error) {
 	ev.SetBuffer(buf)
 
 	row := Row{Problem: problem}
-	if v := vals[colCreatedAt]; v != nil {
-		fd := r.FieldDescriptions()[colCreatedAt]
-		if err := r.TypeMap().Scan(fd.DataTypeOID, fd.Format, v, &row.CreatedAt); err != nil {
-			return row, fmt.Errorf("scan %s of row id=%s of %s: %w", c.columnName(colCreatedAt), ev.ID, c.table, err)
+	fds := r.FieldDescriptions()
+	scan := func(col int, dst any) error {
+		if vals[col] == nil {
+			return nil
 		}
+		if err := r.TypeMap().Scan(fds[col].DataTypeOID, fds[col].Format, vals[col], dst); err != nil {
+			return fmt.Errorf("scan %s of row id=%s of %s: %w", c.columnName(col), ev.ID, c.table, err)
+		}
+		return nil
 	}
-	return row, nil
+	var recordMicros, commitMicros int64
+	err := errors.Join(scan(colCreatedAt, &row.CreatedAt), scan(colTime, &recordMicros), scan(colCommitTime, &commitMicros))
+	ev.Time, ev.CommitTime = recordMicros*1000, commitMicros*1000
+	return row, err
 }
 
 // problemText words a problem as the decoder's RowError does, so that a row
@@ -166,8 +197,12 @@ func (c *Columns) problemText(id []byte, p Problem) string {
 // columnName names the table column a selected column comes from.
 func (c *Columns) columnName(col int) string {
 	m := c.mapping
-	return [NumColumns]string{
+	if col >= numFixed {
+		return m.HeaderColumns[col-numFixed].Column
+	}
+	return [numFixed]string{
 		colID: m.ID, colAggregateType: m.AggregateType, colAggregateID: m.AggregateID, colType: m.Type,
 		colPayload: m.Payload, colHeaders: m.Headers, colTopic: m.Topic, colCreatedAt: m.CreatedAt,
+		colTime: m.CreatedAt, colCommitTime: "xmin",
 	}[col]
 }

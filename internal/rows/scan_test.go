@@ -204,7 +204,9 @@ func TestScan(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Scan: %v", err)
 			}
-			checkEvent(t, &ev, &tt.want)
+			want := tt.want
+			want.Time = row.CreatedAt.UnixNano() // the record time is created_at, checked below
+			checkEvent(t, &ev, &want)
 			if row.Problem != tt.wantProblem {
 				t.Errorf("Problem = %+v, want %+v", row.Problem, tt.wantProblem)
 			}

@@ -61,3 +61,18 @@ func Context(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// StartCluster starts a cluster of the test's own with extra
+// postgresql.conf settings (track_commit_timestamp, say, which the package
+// cluster leaves at its default) and stops it when the test ends.
+func StartCluster(t testing.TB, settings map[string]string) *devenv.Postgres {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cluster, err := devenv.StartPostgres(ctx, devenv.PostgresOptions{Settings: settings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cluster.Stop() })
+	return cluster
+}
