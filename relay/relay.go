@@ -360,6 +360,9 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	if err := replication.CheckServer(ctx, conn); err != nil {
 		return err
 	}
+	if err := checkColumns(ctx, conn, cfg); err != nil {
+		return err
+	}
 	cols, err := replication.CheckTable(ctx, conn, table, mapping, cfg.AckMode)
 	if err != nil {
 		return err
@@ -386,7 +389,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 
 	var acker rowAcker
 	if cfg.AckMode.RecordsDelivery() {
-		if err := ensureDeadLetterTable(ctx, conn, table, log); err != nil {
+		if err := ensureDeadLetterTable(ctx, conn, table, mapping.ID, log); err != nil {
 			return err
 		}
 		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode, log, r.metrics.ackMissing)
@@ -475,15 +478,15 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 // message again. Nothing is lost by stopping: the rows written since are
 // still in the table, unacked.
 func mappingBroken(e *decoder.MappingError, confirmed outbox.LSN) error {
-	column := e.Column
+	column, variable := e.Column, ColumnVariables[e.Field]
 	if column == "" {
-		return fatalf("%v; the way out: map a column for %s, then start the relay again", e, e.Field)
+		return fatalf("%v; the way out: map a column for %s in %s, then start the relay again", e, e.Field, variable)
 	}
 	return fatalf("%v (the table was altered after position %s); the way out: rename or retype column %q back "+
-		"(ALTER TABLE %s RENAME COLUMN … TO %s, or ALTER COLUMN %s TYPE …) or map the new column, then start the relay again; "+
+		"(ALTER TABLE %s RENAME COLUMN … TO %s, or ALTER COLUMN %s TYPE …) or map the new column in %s, then start the relay again; "+
 		"if it stops here again (rows were written while the column was changed, and the WAL describes them with the old table), "+
 		"run `outbox-relay setup --recreate-slot` and start it: the backfill delivers those rows from the table",
-		e, confirmed, column, e.Table, outbox.QuoteIdent(column), outbox.QuoteIdent(column))
+		e, confirmed, column, e.Table, outbox.QuoteIdent(column), outbox.QuoteIdent(column), variable)
 }
 
 // finalConfirmWait bounds how long a graceful stop waits for the server to
@@ -576,12 +579,12 @@ func (b *backoff) next() time.Duration {
 // ensureDeadLetterTable creates the dead-letter table next to the outbox if
 // it is missing, or refuses to stream: without it a row whose dead-letter
 // record is a stub could not be recorded, and the relay would stop on it.
-func ensureDeadLetterTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, log zerolog.Logger) error {
+func ensureDeadLetterTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, idColumn string, log zerolog.Logger) error {
 	dead := table.DeadLetterTable()
 	if _, err := replication.TableColumns(ctx, conn, dead); err == nil {
 		return nil
 	}
-	if _, err := conn.Exec(ctx, sql.DeadLetterTable(table)); err != nil {
+	if _, err := conn.Exec(ctx, sql.DeadLetterTable(table, idColumn)); err != nil {
 		return fatalf("dead-letter table %s does not exist and cannot be created (%v): run `outbox-relay setup` or the DDL in sql/outbox.sql as an admin, then grant the relay's role SELECT, INSERT, DELETE on it (sql/roles.sql)", dead, err)
 	}
 	log.Info().Str("table", dead.String()).Msg("created the dead-letter table")

@@ -52,10 +52,13 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 	if _, err := replication.TableColumns(ctx, conn, dead); err == nil {
 		fmt.Fprintf(out, "dead-letter table %s: exists\n", dead)
 	} else {
-		if _, err := conn.Exec(ctx, sql.DeadLetterTable(table)); err != nil {
+		if _, err := conn.Exec(ctx, sql.DeadLetterTable(table, mapping.ID)); err != nil {
 			return fmt.Errorf("create dead-letter table %s: %w (an admin can run the DDL in sql/outbox.sql)", dead, err)
 		}
 		fmt.Fprintf(out, "dead-letter table %s: created\n", dead)
+	}
+	if err := checkColumns(ctx, conn, cfg); err != nil {
+		return err
 	}
 	cols, err := replication.CheckTable(ctx, conn, table, mapping, cfg.AckMode)
 	if err != nil {

@@ -22,10 +22,12 @@ func OutboxTable(table outbox.Table) string {
 }
 
 // DeadLetterTable returns the DDL that creates the dead-letter table of
-// table (outbox.Table.DeadLetterTable) and its index, idempotently.
-func DeadLetterTable(table outbox.Table) string {
+// table (outbox.Table.DeadLetterTable) and its index on idColumn (the
+// table's id column, OUTBOX_RELAY_COLUMN_ID), idempotently.
+func DeadLetterTable(table outbox.Table, idColumn string) string {
 	_, ddl, _ := strings.Cut(outboxDDL, deadLetterSection)
-	return replacer(table).Replace(ddl)
+	return strings.ReplaceAll(replacer(table).Replace(ddl), "ON "+table.DeadLetterTable().Quoted()+" (id)",
+		"ON "+table.DeadLetterTable().Quoted()+" ("+outbox.QuoteIdent(idColumn)+")")
 }
 
 func replacer(table outbox.Table) *strings.Replacer {

@@ -52,10 +52,10 @@ func TestRefusesUnsafeIDColumn(t *testing.T) {
 // written while the column was changed.
 func TestSchemaChangeStopsRelay(t *testing.T) {
 	tests := []struct {
-		name, alter, column string
+		name, alter, column, variable string
 	}{
-		{name: "renamed", alter: "ALTER TABLE public.outbox RENAME COLUMN aggregateid TO aggregate_id", column: "aggregateid"},
-		{name: "retyped", alter: "ALTER TABLE public.outbox ALTER COLUMN type TYPE integer USING 0", column: "type"},
+		{name: "renamed", alter: "ALTER TABLE public.outbox RENAME COLUMN aggregateid TO aggregate_id", column: "aggregateid", variable: "OUTBOX_RELAY_COLUMN_KEY"},
+		{name: "retyped", alter: "ALTER TABLE public.outbox ALTER COLUMN type TYPE integer USING 0", column: "type", variable: "OUTBOX_RELAY_COLUMN_TYPE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,7 +86,7 @@ func TestSchemaChangeStopsRelay(t *testing.T) {
 				t.Errorf("the relay exited 0, want non-zero")
 			}
 			errs := errorLines(r.stderr.String())
-			for _, want := range []string{fmt.Sprintf(`column \"%s\"`, tt.column), "the way out", "--recreate-slot"} {
+			for _, want := range []string{fmt.Sprintf(`column \"%s\"`, tt.column), "the way out", tt.variable, "--recreate-slot"} {
 				if !strings.Contains(errs, want) {
 					t.Errorf("the error does not mention %s; error lines:\n%s", want, errs)
 				}
