@@ -101,6 +101,7 @@ type Decoder struct {
 	headerScratch []headerSpan
 	keyScratch    []byte
 	headerKeys    map[string]string
+	headerValues  [outbox.MaxHeaderColumns]tupleValue
 }
 
 // New returns a Decoder for the outbox table t whose columns are named by m.

@@ -56,6 +56,7 @@ func (d *Decoder) decodeInsert(r *reader, ev *outbox.Event) (Message, error) {
 		return Message{}, fmt.Errorf("pgoutput Insert message: tuple tag %q, want 'N'", tag)
 	}
 	var vals tupleValues
+	vals.headers = d.headerValues[:len(d.headerColumns)]
 	if err := readTuple(r, rel, &vals); err != nil {
 		return Message{}, err
 	}
@@ -64,8 +65,11 @@ func (d *Decoder) decodeInsert(r *reader, ev *outbox.Event) (Message, error) {
 
 // tupleValues are the values of an Insert's mapped columns.
 type tupleValues struct {
-	fields  [numFields]tupleValue
-	headers [outbox.MaxHeaderColumns]tupleValue // per Mapping.HeaderColumns entry
+	fields [numFields]tupleValue
+	// headers, per Mapping.HeaderColumns entry, point into the decoder's
+	// scratch array: every one is set by each tuple (the Relation check
+	// makes sure the columns exist), so nothing needs clearing per row.
+	headers []tupleValue
 }
 
 // readTuple parses TupleData (Int16 number of columns, then per column a kind
@@ -131,10 +135,12 @@ func (d *Decoder) fillEvent(rel *relation, vals *tupleValues, ev *outbox.Event) 
 	ev.Time = 0
 
 	need := 0
-	for _, v := range vals.fields {
-		need += len(v.data) + maxGrowth
+	for f, v := range vals.fields {
+		if f != int(fieldTime) { // a number, not bytes of the buffer
+			need += len(v.data) + maxGrowth
+		}
 	}
-	for _, v := range vals.headers[:len(d.headerColumns)] {
+	for _, v := range vals.headers {
 		need += len(v.data) + maxGrowth
 	}
 	buf := ev.Buffer()

@@ -36,92 +36,85 @@ func timestampNanos(v tupleValue) (int64, bool) {
 		}
 		return unixNanos(uint64(micros)), true
 	}
+	// Fixed positions: "2006-01-02 15:04:05" is 19 bytes (4-digit years
+	// only, which the range below requires anyway).
 	s := v.data
-	p := 0
-	num := func(n int) (int, bool) {
-		if len(s)-p < n {
-			return 0, false
-		}
-		x := 0
-		for _, c := range s[p : p+n] {
-			if c < '0' || c > '9' {
-				return 0, false
-			}
-			x = x*10 + int(c-'0')
-		}
-		p += n
-		return x, true
-	}
-	sep := func(c byte) bool {
-		if p < len(s) && s[p] == c {
-			p++
-			return true
-		}
-		return false
-	}
-	year, ok1 := num(4)
-	ok2 := sep('-')
-	month, ok3 := num(2)
-	ok4 := sep('-')
-	day, ok5 := num(2)
-	ok6 := sep(' ')
-	hour, ok7 := num(2)
-	ok8 := sep(':')
-	minute, ok9 := num(2)
-	ok10 := sep(':')
-	sec, ok11 := num(2)
-	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7 && ok8 && ok9 && ok10 && ok11) {
+	if len(s) < 22 || s[4] != '-' || s[7] != '-' || s[10] != ' ' || s[13] != ':' || s[16] != ':' {
 		return 0, false
 	}
+	year, ok1 := digits(s[0:4])
+	month, ok2 := digits(s[5:7])
+	day, ok3 := digits(s[8:10])
+	hour, ok4 := digits(s[11:13])
+	minute, ok5 := digits(s[14:16])
+	sec, ok6 := digits(s[17:19])
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) {
+		return 0, false
+	}
+	p := 19
 	nanos := 0
-	if sep('.') {
-		digits := 0
+	if s[p] == '.' {
+		p++
+		n := 0
 		for p < len(s) && s[p] >= '0' && s[p] <= '9' {
-			if digits < 9 {
+			if n < 9 {
 				nanos = nanos*10 + int(s[p]-'0')
-				digits++
+				n++
 			}
 			p++
 		}
-		if digits == 0 {
+		if n == 0 {
 			return 0, false
 		}
-		for ; digits < 9; digits++ {
+		for ; n < 9; n++ {
 			nanos *= 10
 		}
 	}
-	if p >= len(s) || (s[p] != '+' && s[p] != '-') {
+	// The offset: ±hh, ±hh:mm or ±hh:mm:ss.
+	if p+3 > len(s) || (s[p] != '+' && s[p] != '-') {
 		return 0, false
 	}
 	sign := 1
 	if s[p] == '-' {
 		sign = -1
 	}
-	p++
-	offH, ok := num(2)
-	if !ok {
-		return 0, false
-	}
-	offset := offH * 3600
-	if sep(':') {
-		offM, ok := num(2)
+	offset := 0
+	for i, unit := range [3]int{3600, 60, 1} {
+		if i > 0 {
+			if p == len(s) {
+				break
+			}
+			if s[p] != ':' {
+				return 0, false
+			}
+		}
+		if p+3 > len(s) {
+			return 0, false
+		}
+		n, ok := digits(s[p+1 : p+3])
 		if !ok {
 			return 0, false
 		}
-		offset += offM * 60
-		if sep(':') {
-			offS, ok := num(2)
-			if !ok {
-				return 0, false
-			}
-			offset += offS
-		}
+		offset += n * unit
+		p += 3
 	}
 	if p != len(s) || year < 1678 || year > 2261 || month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || sec > 60 {
 		return 0, false
 	}
 	secs := daysFromCivil(year, month, day)*86400 + int64(hour*3600+minute*60+sec) - int64(sign*offset)
 	return secs*int64(time.Second) + int64(nanos), true
+}
+
+// digits parses a run of decimal digits.
+func digits(b []byte) (int, bool) {
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
 }
 
 // daysFromCivil is the number of days from 1970-01-01 to the given date of

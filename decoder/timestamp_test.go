@@ -1,6 +1,7 @@
 package decoder
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -54,4 +55,40 @@ func TestDaysFromCivil(t *testing.T) {
 			t.Fatalf("daysFromCivil(%s) = %d, want %d", d.Format(time.DateOnly), got, want)
 		}
 	}
+}
+
+func BenchmarkTimestampNanos(b *testing.B) {
+	v := tupleValue{kind: 't', data: []byte("2024-05-06 07:08:09.123456+00")}
+	for b.Loop() {
+		timestampNanos(v)
+	}
+}
+
+// FuzzTimestampNanos: no input makes the parser panic, and what it accepts
+// is an instant package time agrees with.
+func FuzzTimestampNanos(f *testing.F) {
+	for _, s := range []string{"2024-05-06 07:08:09.123456+00", "2024-05-06 07:08:09+05:30", "1900-01-01 00:00:00+00:09:21", "infinity", "2024-05-06 07:08:09.+00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, ok := timestampNanos(tupleValue{kind: 't', data: []byte(s)})
+		if !ok {
+			return
+		}
+		// Postgres's offset has the sign of "east of UTC"; time wants a zone name.
+		layout := "2006-01-02 15:04:05.999999999-07"
+		switch strings.Count(s[19:], ":") {
+		case 1:
+			layout += ":00"
+		case 2:
+			layout += ":00:00"
+		}
+		want, err := time.Parse(layout, s)
+		if err != nil {
+			return // time refuses some forms Postgres never writes (a day 31 in February)
+		}
+		if want.UnixNano() != got {
+			t.Errorf("timestampNanos(%q) = %d, time.Parse says %d", s, got, want.UnixNano())
+		}
+	})
 }
