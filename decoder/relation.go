@@ -126,14 +126,7 @@ func (d *Decoder) decodeRelation(r *reader) (Message, error) {
 		ncolumns: ncolumns,
 	}
 	if rel.isOutbox {
-		rel.columnFields = make([]fieldSet, ncolumns)
-		rel.columnHeader = make([]uint8, ncolumns)
-		for f := range rel.fields {
-			rel.fields[f].index = -1
-		}
-		for h := range rel.headers {
-			rel.headers[h].index = -1
-		}
+		rel.prepare()
 	}
 	for i := range ncolumns {
 		r.uint8("column flags")
@@ -143,20 +136,8 @@ func (d *Decoder) decodeRelation(r *reader) (Message, error) {
 		if r.err != nil {
 			return Message{}, fmt.Errorf("%w (column %d of %d)", r.err, i+1, ncolumns)
 		}
-		if !rel.isOutbox {
-			continue
-		}
-		for f, want := range d.columnNames {
-			if want != "" && string(columnName) == want && rel.fields[f].index < 0 {
-				rel.fields[f] = mappedColumn{index: i, name: want, typeOID: typeOID}
-				rel.columnFields[i] |= 1 << f
-			}
-		}
-		for h, hc := range d.headerColumns {
-			if string(columnName) == hc.Column {
-				rel.headers[h] = mappedColumn{index: i, name: hc.Column, typeOID: typeOID}
-				rel.columnHeader[i] = uint8(h + 1)
-			}
+		if rel.isOutbox {
+			d.mapColumn(rel, i, columnName, typeOID)
 		}
 	}
 	if err := r.done(); err != nil {
@@ -169,6 +150,55 @@ func (d *Decoder) decodeRelation(r *reader) (Message, error) {
 	}
 	d.relations[oid] = rel
 	return Message{Kind: KindRelation, Relation: rel.name}, nil
+}
+
+// prepare sizes the outbox relation's per-column maps and marks every
+// field and header column as not found yet.
+func (rel *relation) prepare() {
+	rel.columnFields = make([]fieldSet, rel.ncolumns)
+	rel.columnHeader = make([]uint8, rel.ncolumns)
+	for f := range rel.fields {
+		rel.fields[f].index = -1
+	}
+	for h := range rel.headers {
+		rel.headers[h].index = -1
+	}
+}
+
+// mapColumn records which fields and header columns column i fills.
+func (d *Decoder) mapColumn(rel *relation, i int, columnName []byte, typeOID uint32) {
+	for f, want := range d.columnNames {
+		if want != "" && string(columnName) == want && rel.fields[f].index < 0 {
+			rel.fields[f] = mappedColumn{index: i, name: want, typeOID: typeOID}
+			rel.columnFields[i] |= 1 << f
+		}
+	}
+	for h, hc := range d.headerColumns {
+		if string(columnName) == hc.Column {
+			rel.headers[h] = mappedColumn{index: i, name: hc.Column, typeOID: typeOID}
+			rel.columnHeader[i] = uint8(h + 1)
+		}
+	}
+}
+
+// Column is a table column as the catalog describes it: its name and the
+// OID of its type (pg_attribute.attname, atttypid).
+type Column struct {
+	Name    string
+	TypeOID uint32
+}
+
+// CheckColumns checks the mapping against the outbox table's columns, as
+// the Relation message of the table will be checked, so that a caller can
+// refuse a table that does not fit before it streams. The error is a
+// *MappingError.
+func (d *Decoder) CheckColumns(columns []Column) error {
+	rel := &relation{name: d.tableName, isOutbox: true, ncolumns: len(columns)}
+	rel.prepare()
+	for i, c := range columns {
+		d.mapColumn(rel, i, []byte(c.Name), c.TypeOID)
+	}
+	return d.checkMapping(rel)
 }
 
 // MappingError says that a Relation message of the outbox table does not fit

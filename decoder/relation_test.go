@@ -1,6 +1,7 @@
 package decoder
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
@@ -127,5 +128,23 @@ func TestDecodeRelationReplaced(t *testing.T) {
 	want := "insert for unknown relation oid 16384 (no Relation message seen)"
 	if err == nil || err.Error() != want {
 		t.Errorf("Decode(Insert) error = %v, want %q", err, want)
+	}
+}
+
+// TestCheckColumns: the catalog's columns are judged as the Relation
+// message will be.
+func TestCheckColumns(t *testing.T) {
+	d := New(testTable, outbox.DefaultMapping())
+	var columns []Column
+	for _, c := range outboxColumns {
+		columns = append(columns, Column{Name: c.name, TypeOID: c.typeOID})
+	}
+	if err := d.CheckColumns(columns); err != nil {
+		t.Errorf("CheckColumns(the default table) = %v, want nil", err)
+	}
+	columns[4].TypeOID = oidInt4 // payload
+	var e *MappingError
+	if err := d.CheckColumns(columns); !errors.As(err, &e) || e.Field != "Payload" || e.Column != "payload" {
+		t.Errorf("CheckColumns(an int4 payload) = %v, want a MappingError for Payload, column payload", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/replication"
 )
@@ -49,6 +50,9 @@ func checkColumns(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", replication.ErrRefused, errors.Join(errs...))
 	}
+	if err := checkColumnTypes(ctx, conn, table, m); err != nil {
+		return err
+	}
 	if !cfg.AckMode.RecordsDelivery() || hasColumn(cols, m.CreatedAt) {
 		return nil
 	}
@@ -68,4 +72,36 @@ func checkColumns(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 		"or set track_commit_timestamp = on (postgresql.conf, then restart Postgres)",
 		replication.ErrRefused, ColumnVariables["CreatedAt"], table, m.CreatedAt,
 		table.Quoted(), outbox.QuoteIdent(column), ColumnVariables["CreatedAt"])
+}
+
+// checkColumnTypes refuses a mapped column of a type the decoder cannot
+// turn into a record's bytes, as the stream's first Relation message would,
+// but at start and naming the variable.
+func checkColumnTypes(ctx context.Context, conn *pgx.Conn, table outbox.Table, m outbox.Mapping) error {
+	rows, err := conn.Query(ctx, `SELECT attname, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, table.Quoted())
+	if err != nil {
+		return fmt.Errorf("read the column types of %s: %w", table, err)
+	}
+	var columns []decoder.Column
+	types := map[string]string{}
+	for rows.Next() {
+		var c decoder.Column
+		var typ string
+		if err := rows.Scan(&c.Name, &c.TypeOID, &typ); err != nil {
+			rows.Close()
+			return fmt.Errorf("read the column types of %s: %w", table, err)
+		}
+		columns, types[c.Name] = append(columns, c), typ
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read the column types of %s: %w", table, err)
+	}
+	var bad *decoder.MappingError
+	if err := decoder.New(table, m).CheckColumns(columns); errors.As(err, &bad) {
+		return fmt.Errorf("%w: %s: column %q is %s: %v", replication.ErrRefused, ColumnVariables[bad.Field], bad.Column, types[bad.Column], bad)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }

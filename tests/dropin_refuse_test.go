@@ -41,6 +41,8 @@ func TestDropinRefusals(t *testing.T) {
 			[]string{"OUTBOX_RELAY_COLUMN_KEY", `no column "order_id"`}},
 		{"missing header column", "setup", append(debezium, "OUTBOX_RELAY_HEADER_COLUMNS=trace_parent:traceparent"),
 			[]string{"OUTBOX_RELAY_HEADER_COLUMNS", `no column "trace_parent"`}},
+		{"payload column of the wrong type", "run", append(debezium, "OUTBOX_RELAY_COLUMN_PAYLOAD=id"),
+			[]string{"OUTBOX_RELAY_COLUMN_PAYLOAD", `column "id" is uuid`, "want jsonb, json, text, varchar or bytea"}},
 		{"unknown placeholder", "run", []string{"OUTBOX_RELAY_TOPIC=outbox.event.${routedBy}"},
 			[]string{"OUTBOX_RELAY_TOPIC", "unknown placeholder ${routedBy}"}},
 	}
