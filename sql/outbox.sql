@@ -1,6 +1,7 @@
 -- The outbox table. Column names match Debezium's outbox event router, so a
 -- team can switch relays without touching the application.
--- {{TABLE}} is replaced by the quoted OUTBOX_RELAY_TABLE.
+-- {{TABLE}} is replaced by the quoted OUTBOX_RELAY_TABLE, {{ID}} by the id
+-- column (OUTBOX_RELAY_COLUMN_ID).
 CREATE TABLE IF NOT EXISTS {{TABLE}} (
     id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     aggregatetype text NOT NULL,
@@ -29,4 +30,4 @@ CREATE TABLE IF NOT EXISTS {{DEAD_LETTER_TABLE}} (
     dead_lettered_at timestamptz NOT NULL DEFAULT now()
 );
 -- A row re-sent after a crash is kept once.
-CREATE UNIQUE INDEX IF NOT EXISTS {{DEAD_LETTER_INDEX}} ON {{DEAD_LETTER_TABLE}} (id);
+CREATE UNIQUE INDEX IF NOT EXISTS {{DEAD_LETTER_INDEX}} ON {{DEAD_LETTER_TABLE}} ({{ID}});

@@ -18,23 +18,23 @@ const deadLetterSection = "-- {{DEAD_LETTER_SECTION}}\n"
 // OutboxTable returns the DDL that creates table, its index and its
 // dead-letter table, idempotently.
 func OutboxTable(table outbox.Table) string {
-	return replacer(table).Replace(strings.Replace(outboxDDL, deadLetterSection, "", 1))
+	return replacer(table, "id").Replace(strings.Replace(outboxDDL, deadLetterSection, "", 1))
 }
 
 // DeadLetterTable returns the DDL that creates the dead-letter table of
-// table (outbox.Table.DeadLetterTable) and its index on idColumn (the
-// table's id column, OUTBOX_RELAY_COLUMN_ID), idempotently.
+// table (outbox.Table.DeadLetterTable) and its unique index on idColumn
+// (the table's id column, OUTBOX_RELAY_COLUMN_ID), idempotently.
 func DeadLetterTable(table outbox.Table, idColumn string) string {
 	_, ddl, _ := strings.Cut(outboxDDL, deadLetterSection)
-	return strings.ReplaceAll(replacer(table).Replace(ddl), "ON "+table.DeadLetterTable().Quoted()+" (id)",
-		"ON "+table.DeadLetterTable().Quoted()+" ("+outbox.QuoteIdent(idColumn)+")")
+	return replacer(table, idColumn).Replace(ddl)
 }
 
-func replacer(table outbox.Table) *strings.Replacer {
+func replacer(table outbox.Table, idColumn string) *strings.Replacer {
 	dead := table.DeadLetterTable()
 	// An index name cannot be schema-qualified: it lives in the table's schema.
 	return strings.NewReplacer(
 		"{{TABLE}}", table.Quoted(),
+		"{{ID}}", outbox.QuoteIdent(idColumn),
 		"{{INDEX}}", outbox.QuoteIdent(table.Name+"_unacked_idx"),
 		"{{DEAD_LETTER_TABLE}}", dead.Quoted(),
 		"{{DEAD_LETTER_INDEX}}", outbox.QuoteIdent(dead.Name+"_id_idx"))

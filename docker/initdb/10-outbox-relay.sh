@@ -10,7 +10,8 @@
 set -eu
 sql_dir=${SQL_DIR:-/sql}
 sed -e 's/{{TABLE}}/public.outbox/g' -e 's/{{INDEX}}/outbox_unacked_idx/g' \
-	-e 's/{{DEAD_LETTER_TABLE}}/public.outbox_dead_letter/g' -e 's/{{DEAD_LETTER_INDEX}}/outbox_dead_letter_id_idx/g' "$sql_dir/outbox.sql" |
+	-e 's/{{DEAD_LETTER_TABLE}}/public.outbox_dead_letter/g' -e 's/{{DEAD_LETTER_INDEX}}/outbox_dead_letter_id_idx/g' \
+	-e 's/{{ID}}/id/g' "$sql_dir/outbox.sql" |
 	psql -X -q -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB"
 psql -X -q -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
 	-v role=outbox_relay -v password="$OUTBOX_RELAY_DB_PASSWORD" -f "$sql_dir/roles.sql"
