@@ -3,6 +3,7 @@ package publisher
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 // TestRecordTimeAndCloudEvents: a record's timestamp is the row's timestamp
 // column, else its commit time, never the send time; with CloudEvents on,
 // every record carries the binary-mode headers after its own, ce_time being
-// the record time in RFC 3339, and a dead letter keeps the record time.
+// the record time in RFC 3339; a dead letter keeps the record time and the
+// CloudEvents headers.
 func TestRecordTimeAndCloudEvents(t *testing.T) {
 	c := newCluster(t)
 	cfg := testConfig(c)
@@ -65,7 +67,21 @@ func TestRecordTimeAndCloudEvents(t *testing.T) {
 		}
 	}
 	dl := readTopic(t, c, "outbox.dlq")
-	if len(dl) != 1 || !dl[0].Timestamp.Equal(commitTime.Truncate(time.Millisecond)) {
-		t.Errorf("dead letters = %d, timestamp %v; want 1 with the record time %v", len(dl), dl[0].Timestamp, commitTime)
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	if !dl[0].Timestamp.Equal(commitTime.Truncate(time.Millisecond)) {
+		t.Errorf("dead letter timestamp %v, want the record time %v", dl[0].Timestamp, commitTime)
+	}
+	// A replay copies the dead letter's headers but outbox.dlq.*: the
+	// CloudEvents ones must be there for the replayed record to be whole.
+	var dlHeaders []string
+	for _, h := range dl[0].Headers {
+		if !strings.HasPrefix(h.Key, "outbox.dlq.") {
+			dlHeaders = append(dlHeaders, h.Key+"="+string(h.Value))
+		}
+	}
+	if fmt.Sprint(dlHeaders) != want[1].headers {
+		t.Errorf("dead letter headers = %v, want the record's %v", dlHeaders, want[1].headers)
 	}
 }

@@ -15,14 +15,16 @@ import (
 func (p *Publisher) PublishDeadLetters(ctx context.Context, topic string, dead []outbox.DeadLetter) ([]outbox.Failure, error) {
 	msgs := make([]kafka.Message, len(dead))
 	for i := range dead {
-		msgs[i] = deadLetterMessage(topic, &dead[i])
+		msgs[i] = deadLetterMessage(topic, &dead[i], p.records.cloudEvents)
 	}
 	return p.PublishRaw(ctx, msgs)
 }
 
 // deadLetterMessage builds the dead-letter record: the original key, value
-// and headers, plus the outbox.dlq.* headers saying why.
-func deadLetterMessage(topic string, d *outbox.DeadLetter) kafka.Message {
+// and headers (the CloudEvents ones too when cloudEvents, the ce_source, is
+// set, so that a replay restores the whole record), plus the outbox.dlq.*
+// headers saying why.
+func deadLetterMessage(topic string, d *outbox.DeadLetter, cloudEvents []byte) kafka.Message {
 	ev := d.Event
 	value := ev.Payload
 	if d.StubValue() {
@@ -36,6 +38,9 @@ func deadLetterMessage(topic string, d *outbox.DeadLetter) kafka.Message {
 	} else {
 		headers = appendEventHeaders(headers, &outbox.Event{ID: ev.ID, Type: ev.Type})
 		errText += fmt.Sprintf(" (the row's %d headers, %d bytes, were left out of this dead letter)", len(ev.Headers), rowHeaders)
+	}
+	if cloudEvents != nil {
+		headers, _ = appendCloudEvents(headers, nil, cloudEvents, ev)
 	}
 	key := ev.AggregateID
 	if len(key) > outbox.MaxDeadLetterKey {

@@ -90,7 +90,7 @@ func (b *recordBuilder) add(index int, topic string, ev *outbox.Event) *kafka.Me
 	start := len(b.headers)
 	b.headers = appendEventHeaders(b.headers, ev)
 	if b.cloudEvents != nil {
-		b.headers = b.appendCloudEvents(b.headers, ev)
+		b.headers, b.times = appendCloudEvents(b.headers, b.times, b.cloudEvents, ev)
 	}
 	b.msgs = append(b.msgs, kafka.Message{
 		Topic:   topic,
@@ -125,21 +125,22 @@ func appendEventHeaders(headers []kafka.Header, ev *outbox.Event) []kafka.Header
 }
 
 // appendCloudEvents appends the CloudEvents binary-mode headers of ev's
-// record: ce_id and ce_type from the id and type columns, the configured
-// ce_source, ce_specversion 1.0 and, when the record has a time, ce_time.
-func (b *recordBuilder) appendCloudEvents(headers []kafka.Header, ev *outbox.Event) []kafka.Header {
+// record: ce_id and ce_type from the id and type columns, source as
+// ce_source, ce_specversion 1.0 and, when the record has a time, ce_time,
+// whose text it appends to times (returned for reuse).
+func appendCloudEvents(headers []kafka.Header, times, source []byte, ev *outbox.Event) ([]kafka.Header, []byte) {
 	headers = append(headers,
 		kafka.Header{Key: HeaderCloudEventsSpecVersion, Value: specVersion},
 		kafka.Header{Key: HeaderCloudEventsID, Value: ev.ID},
-		kafka.Header{Key: HeaderCloudEventsSource, Value: b.cloudEvents},
+		kafka.Header{Key: HeaderCloudEventsSource, Value: source},
 		kafka.Header{Key: HeaderCloudEventsType, Value: ev.Type},
 	)
 	if t := ev.RecordTime(); t != 0 {
-		start := len(b.times)
-		b.times = time.Unix(0, t).UTC().AppendFormat(b.times, time.RFC3339Nano)
-		headers = append(headers, kafka.Header{Key: HeaderCloudEventsTime, Value: b.times[start:len(b.times):len(b.times)]})
+		start := len(times)
+		times = time.Unix(0, t).UTC().AppendFormat(times, time.RFC3339Nano)
+		headers = append(headers, kafka.Header{Key: HeaderCloudEventsTime, Value: times[start:len(times):len(times)]})
 	}
-	return headers
+	return headers, times
 }
 
 // recordTime is the timestamp of ev's record: the row's timestamp column,
