@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"reflect"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
@@ -43,6 +44,11 @@ func Setup(ctx context.Context, cfg Config, log zerolog.Logger, out io.Writer, o
 	if _, err := replication.TableColumns(ctx, conn, table); err == nil {
 		fmt.Fprintf(out, "table %s: exists\n", table)
 	} else {
+		// sql/outbox.sql has the default column names: a table created
+		// from it would not fit another mapping.
+		if !reflect.DeepEqual(mapping, outbox.DefaultMapping()) {
+			return fmt.Errorf("%w: table %s does not exist, and setup creates it only with the default columns (sql/outbox.sql) while the COLUMN_*/HEADER_COLUMNS variables map others: create the table as the application expects it, then run setup again", replication.ErrRefused, table)
+		}
 		if _, err := conn.Exec(ctx, sql.OutboxTable(table)); err != nil {
 			return fmt.Errorf("create table %s: %w (an admin can run the DDL in sql/outbox.sql)", table, err)
 		}

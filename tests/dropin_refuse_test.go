@@ -43,6 +43,8 @@ func TestDropinRefusals(t *testing.T) {
 			[]string{"OUTBOX_RELAY_HEADER_COLUMNS", `no column "trace_parent"`}},
 		{"payload column of the wrong type", "run", append(debezium, "OUTBOX_RELAY_COLUMN_PAYLOAD=id"),
 			[]string{"OUTBOX_RELAY_COLUMN_PAYLOAD", `column "id" is uuid`, "want jsonb, json, text, varchar or bytea"}},
+		{"setup will not create a table for another mapping", "setup", append(debezium, "OUTBOX_RELAY_TABLE=public.events", "OUTBOX_RELAY_COLUMN_ID=event_id"),
+			[]string{"table public.events does not exist", "default columns"}},
 		{"unknown placeholder", "run", []string{"OUTBOX_RELAY_TOPIC=outbox.event.${routedBy}"},
 			[]string{"OUTBOX_RELAY_TOPIC", "unknown placeholder ${routedBy}"}},
 	}
@@ -59,6 +61,9 @@ func TestDropinRefusals(t *testing.T) {
 				}
 			}
 		})
+	}
+	if n := e.queryInt("SELECT count(*) FROM pg_class WHERE relname = 'events'"); n != 0 {
+		t.Errorf("setup created public.events with the default columns for a mapping that names others")
 	}
 	if n := e.queryInt("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", e.name); n != 0 {
 		t.Errorf("a refused start created the slot")
