@@ -118,8 +118,12 @@ func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, a
 	// Oldest first, so that a key's rows go out in the order they were
 	// written: by created_at, or by commit time for a table without it.
 	order := outbox.QuoteIdent(mapping.ID)
-	if age := cols.Time(); age != "" {
+	if age := cols.Time(); cols.Has(mapping.CreatedAt) {
 		order = age + ", " + order
+	} else if age != "" {
+		// A row whose commit time is unknown was written before
+		// track_commit_timestamp was turned on: before every known one.
+		order = age + " NULLS FIRST, " + order
 	}
 	// The count sees the same snapshot as the read below, so done/rows is
 	// the backfill's exact progress.
