@@ -316,3 +316,56 @@ func sameBytes(b []byte, s *string) bool {
 	}
 	return b != nil && string(b) == *s
 }
+
+// TestBackfillOrderWhenCommitTimesStart: on a Debezium-shaped table, a row
+// written before track_commit_timestamp was turned on has no commit time;
+// the backfill must still send it before the rows of its key written after.
+func TestBackfillOrderWhenCommitTimesStart(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cluster := pgtest.StartCluster(t, nil)
+	if err := cluster.CreateDatabase(ctx, e.name); err != nil {
+		t.Fatal(err)
+	}
+	connect := func() *pgx.Conn {
+		t.Helper()
+		conn, err := pgx.Connect(ctx, cluster.URL(e.name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn
+	}
+	conn := connect()
+	insert := func(conn *pgx.Conn, id string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, `INSERT INTO public.outbox VALUES ($1, 'order', 'k', 'order.changed', '{}')`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, debeziumTableDDL); err != nil {
+		t.Fatal(err)
+	}
+	const before, after = "7d1c3e0a-0001-4000-8000-0000000000b2", "7d1c3e0a-0001-4000-8000-0000000000b1"
+	insert(conn, before)
+	if _, err := conn.Exec(ctx, "ALTER SYSTEM SET track_commit_timestamp = on"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn = connect()
+	insert(conn, after)
+
+	startRelayProcess(t, relayBin, e.relayEnv("OUTBOX_RELAY_PG_URL="+cluster.URL(e.name), "OUTBOX_RELAY_TOPIC=outbox.event.${routedByValue}"), "run")
+	records := e.readEvents(time.Minute, exactTopic("outbox.event.order"), map[string]bool{before: true, after: true})
+	var order []string
+	for _, rec := range records {
+		id, _ := header(rec, "id")
+		order = append(order, id)
+	}
+	if fmt.Sprint(order) != fmt.Sprint([]string{before, after}) {
+		t.Errorf("records of key k in order %v, want %s (no commit time) then %s", order, before, after)
+	}
+}
