@@ -47,7 +47,7 @@ func (d *Decoder) decodeInsert(r *reader, ev *outbox.Event) (Message, error) {
 		return Message{}, fmt.Errorf("insert for unknown relation oid %d (no Relation message seen)", oid)
 	}
 	if !rel.isOutbox {
-		return Message{}, fmt.Errorf("insert into %s, which is not the outbox table %s: the publication must contain only the outbox table", rel.name, d.tableName)
+		return Message{}, fmt.Errorf("insert into %s, which is not the outbox table %s: the publication must contain only the outbox table (a partitioned outbox: publish_via_partition_root = true, so that its partitions' rows arrive under its name)", rel.name, d.tableName)
 	}
 	if ev == nil {
 		return Message{}, fmt.Errorf("insert into %s: no event to decode into", rel.name)
