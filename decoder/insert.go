@@ -144,6 +144,9 @@ func (d *Decoder) fillEvent(rel *relation, vals *[numFields]tupleValue, ev *outb
 			continue
 		}
 		v := vals[f]
+		if f == fieldPartitionKey && v.kind != 't' {
+			continue // only a text value can be handed back to SQL as is
+		}
 		switch v.kind {
 		case 'n':
 			if !fieldRules[f].nullable {
@@ -178,6 +181,7 @@ func (d *Decoder) fillEvent(rel *relation, vals *[numFields]tupleValue, ev *outb
 	ev.Type = spans[fieldType].slice(buf)
 	ev.Payload = spans[fieldPayload].slice(buf)
 	ev.Topic = spans[fieldTopic].slice(buf)
+	ev.PartitionKey = spans[fieldPartitionKey].slice(buf)
 	for _, h := range d.headerScratch {
 		ev.Headers = append(ev.Headers, outbox.Header{Key: h.key, Value: buf[h.start:h.end:h.end]})
 	}

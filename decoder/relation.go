@@ -30,6 +30,9 @@ const (
 	fieldPayload
 	fieldHeaders
 	fieldTopic
+	// fieldPartitionKey is the column a partitioned outbox is partitioned
+	// by, when the relay names one (Decoder.WithPartitionKey).
+	fieldPartitionKey
 	numFields
 )
 
@@ -44,6 +47,7 @@ type fieldRule struct {
 	nullable bool   // SQL NULL is a valid value
 	types    []uint32
 	want     string // types, for errors
+	anyType  bool   // any type: only the value's text form is kept
 }
 
 var textTypes = []uint32{oidText, oidVarchar, oidBpchar, oidUUID}
@@ -66,6 +70,9 @@ var fieldRules = [numFields]fieldRule{
 	},
 	fieldHeaders: {mapping: "Headers", nullable: true, types: []uint32{oidJSONB, oidJSON}, want: "jsonb or json"},
 	fieldTopic:   {mapping: "Topic", nullable: true, types: textTypes, want: textWant},
+	// The partition key only narrows the ack's statement: a row that does
+	// not carry it is acked by id alone, never failed for it.
+	fieldPartitionKey: {mapping: "partition key", nullable: true, anyType: true},
 }
 
 // mappedColumn is the column that fills a field.
@@ -178,7 +185,7 @@ func (d *Decoder) checkMapping(rel *relation) error {
 			}
 			return e
 		}
-		if !slices.Contains(rule.types, col.typeOID) {
+		if !rule.anyType && !slices.Contains(rule.types, col.typeOID) {
 			return &MappingError{Table: rel.name, Column: col.name, Field: rule.mapping,
 				msg: fmt.Sprintf("table %s column %s: type oid %d is not supported (want %s)", rel.name, col.name, col.typeOID, rule.want)}
 		}

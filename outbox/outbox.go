@@ -54,6 +54,10 @@ type Event struct {
 	// Headers are the entries of the row's headers column, in the order they
 	// appear in the jsonb text.
 	Headers []Header
+	// PartitionKey is the text of the row's partition key column when the
+	// outbox is partitioned by one column, nil otherwise: the ack looks for
+	// the row in the partitions that can hold it instead of in all.
+	PartitionKey []byte
 
 	// LSN is the WAL position of the INSERT.
 	LSN LSN
@@ -85,7 +89,7 @@ const eventOverhead = 512
 // in-flight cap: its whole buffer (not just the bytes in use), its header
 // keys, and the structs around it, so that the cap bounds real memory.
 func (e *Event) Size() int {
-	n := max(cap(e.buf), len(e.ID)+len(e.AggregateType)+len(e.AggregateID)+len(e.Type)+len(e.Payload)+len(e.Topic))
+	n := max(cap(e.buf), len(e.ID)+len(e.AggregateType)+len(e.AggregateID)+len(e.Type)+len(e.Payload)+len(e.Topic)+len(e.PartitionKey))
 	for _, h := range e.Headers {
 		n += len(h.Key) + 16
 	}

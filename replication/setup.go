@@ -245,17 +245,6 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, table o
 	return false, nil
 }
 
-// IsPartitioned reports whether table is a partitioned table (the root of
-// its partitions).
-func IsPartitioned(ctx context.Context, conn *pgx.Conn, table outbox.Table) (bool, error) {
-	var partitioned bool
-	err := conn.QueryRow(ctx, "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::regclass", table.Quoted()).Scan(&partitioned)
-	if err != nil {
-		return false, fmt.Errorf("read the kind of table %s: %w", table, err)
-	}
-	return partitioned, nil
-}
-
 // Slot is a row of pg_replication_slots.
 type Slot struct {
 	Name              string
