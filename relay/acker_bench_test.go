@@ -57,15 +57,7 @@ func BenchmarkAckPartitioned(b *testing.B) {
 		{name: "partitions=32/mark/marked/keyed", partitions: 32, mode: outbox.AckMark, older: "marked", keyed: true},
 	}
 	for i, c := range cases {
-		db := fmt.Sprintf("ack_%d", i)
-		if err := pg.CreateDatabase(ctx, db); err != nil {
-			b.Fatal(err)
-		}
-		conn, err := pgx.Connect(ctx, pg.URL(db))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer conn.Close(context.Background())
+		conn := connectNewDatabase(b, ctx, pg, fmt.Sprintf("ack_%d", i))
 		exec := func(q string, args ...any) {
 			if _, err := conn.Exec(ctx, q, args...); err != nil {
 				b.Fatalf("%s: %v", q, err)
@@ -74,10 +66,7 @@ func BenchmarkAckPartitioned(b *testing.B) {
 		if c.partitions == 0 {
 			exec(sql.OutboxTable(table))
 		} else {
-			exec(`CREATE TABLE public.outbox (id uuid NOT NULL DEFAULT gen_random_uuid(), aggregatetype text NOT NULL,
-				aggregateid text NOT NULL, type text NOT NULL, payload jsonb, headers jsonb, topic text,
-				created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz,
-				PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)`)
+			exec(partitionedOutboxDDL)
 			for p := range c.partitions {
 				exec(fmt.Sprintf(`CREATE TABLE public.outbox_%d PARTITION OF public.outbox
 					FOR VALUES FROM (timestamptz '%s' - interval '%d hours') TO (timestamptz '%s' - interval '%d hours')`, p, base, p+1, base, p))

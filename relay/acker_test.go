@@ -15,6 +15,29 @@ import (
 	"github.com/outbox-relay/outbox-relay/replication"
 )
 
+// partitionedOutboxDDL creates public.outbox partitioned by range on
+// created_at with PRIMARY KEY (id, created_at), as the README shows it,
+// without partitions.
+const partitionedOutboxDDL = `CREATE TABLE public.outbox (id uuid NOT NULL DEFAULT gen_random_uuid(), aggregatetype text NOT NULL,
+	aggregateid text NOT NULL, type text NOT NULL, payload jsonb, headers jsonb, topic text,
+	created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz,
+	PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)`
+
+// connectNewDatabase creates the database name on pg and returns a
+// connection to it, closed when tb ends.
+func connectNewDatabase(tb testing.TB, ctx context.Context, pg *devenv.Postgres, name string) *pgx.Conn {
+	tb.Helper()
+	if err := pg.CreateDatabase(ctx, name); err != nil {
+		tb.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, pg.URL(name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
 // TestAckPartitionedByKey: on a table partitioned by created_at, the ack
 // narrowed by the rows' partition key values records every row whose key
 // is right, and a row whose key does not find it (a wrong value, text that
@@ -28,24 +51,14 @@ func TestAckPartitionedByKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pg.Stop() })
-	if err := pg.CreateDatabase(ctx, "ack"); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, pg.URL("ack"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
+	conn := connectNewDatabase(t, ctx, pg, "ack")
 	exec := func(sql string) {
 		t.Helper()
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
-	exec(`CREATE TABLE public.outbox (id uuid NOT NULL DEFAULT gen_random_uuid(), aggregatetype text NOT NULL,
-		aggregateid text NOT NULL, type text NOT NULL, payload jsonb, headers jsonb, topic text,
-		created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz,
-		PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)`)
+	exec(partitionedOutboxDDL)
 	exec("CREATE TABLE public.outbox_old PARTITION OF public.outbox FOR VALUES FROM (MINVALUE) TO (now() - interval '1 day')")
 	exec("CREATE TABLE public.outbox_new PARTITION OF public.outbox FOR VALUES FROM (now() - interval '1 day') TO (MAXVALUE)")
 	table := outbox.Table{Schema: "public", Name: "outbox"}

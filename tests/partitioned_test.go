@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -294,69 +294,6 @@ func (c *partitionChurn) stop(t *testing.T) {
 	}
 }
 
-// pacedWriter commits small transactions of order events (1 to 3 rows,
-// keys k-0…k-7) into public.outbox at a steady pace until stopped, and
-// remembers every event it committed, in commit order.
-type pacedWriter struct {
-	mu        sync.Mutex
-	committed []*event
-	err       error
-	stopping  atomic.Bool
-	done      chan struct{}
-}
-
-func startPacedWriter(t *testing.T, db string, pause time.Duration) *pacedWriter {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	conn, err := pgx.Connect(ctx, pg.URL(db))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	w := &pacedWriter{done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		defer cancel()
-		defer conn.Close(context.Background())
-		for seq := 0; !w.stopping.Load(); {
-			events := make([]*event, 1+seq%3)
-			for i := range events {
-				events[i] = &event{aggregateType: "order", aggregateID: fmt.Sprintf("k-%d", (seq+i)%8),
-					typ: "OrderPlaced", payload: jsonText(fmt.Sprintf(`{"seq": %d}`, seq+i)), seq: seq + i}
-			}
-			if _, err := insertEvents(ctx, conn, events, false); err != nil {
-				w.mu.Lock()
-				w.err = err
-				w.mu.Unlock()
-				return
-			}
-			w.mu.Lock()
-			w.committed = append(w.committed, events...)
-			w.mu.Unlock()
-			seq += len(events)
-			time.Sleep(pause) // the load's pace, not synchronisation
-		}
-	}()
-	t.Cleanup(func() { w.stopping.Store(true); <-w.done })
-	return w
-}
-
-func (w *pacedWriter) count() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.committed)
-}
-
-func (w *pacedWriter) finish(t *testing.T) []*event {
-	t.Helper()
-	w.stopping.Store(true)
-	<-w.done
-	if w.err != nil {
-		t.Fatalf("writer: %v", w.err)
-	}
-	return w.committed
-}
-
 // TestPartitionedOutboxUnderPartitionChurn runs the relay on an outbox
 // partitioned by range on created_at while a writer commits steadily and an
 // operator's job creates the partitions ahead of time and detaches and drops
@@ -392,7 +329,7 @@ func TestPartitionedOutboxUnderPartitionChurn(t *testing.T) {
 	r := e.startRelay()
 	addr := e.httpAddr(r)
 	churn := startPartitionChurn(t, e.name)
-	w := startPacedWriter(t, e.name, 2*time.Millisecond)
+	w := startPacedWriter(t, e.name, math.MaxInt, 2*time.Millisecond)
 
 	big := &event{aggregateType: "invoice", aggregateID: "i-1", typ: "Issued",
 		payload: jsonText(fmt.Sprintf(`{"pad": %q}`, strings.Repeat("x", 30_000))), seq: 2_000_000}
