@@ -22,9 +22,8 @@ pg-binaries:
 # A throw-away Postgres from local binaries, an in-process Kafka-protocol
 # broker, the relay, and events flowing through them.
 # KAFKA=apache runs it on a real Apache Kafka broker instead (java, mvn).
-KAFKA ?= kfake
 demo: pg-binaries build
-	$(GO) run ./cmd/outbox-demo -relay bin/outbox-relay -kafka $(KAFKA)
+	$(GO) run ./cmd/outbox-demo -relay bin/outbox-relay -kafka $(or $(KAFKA),kfake)
 
 test: pg-binaries
 	$(GO) vet ./...
@@ -34,14 +33,15 @@ lint:
 	$(GO) vet ./...
 	@command -v staticcheck >/dev/null && staticcheck ./... || echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"
 
-# Benchmarks: a throw-away Postgres, in-process kfake brokers and
-# the relay binary; prints BENCHMARKS.md-ready tables (JSON=1: JSON) and
+# Benchmarks: a throw-away Postgres, one real Apache Kafka broker (java,
+# mvn; KAFKA=kfake: in-process kfake brokers instead) and the relay
+# binary; prints BENCHMARKS.md-ready tables (JSON=1: JSON) and
 # keeps logs, profiles and results in bench-out/. PROFILE=1 also takes CPU
 # and allocation profiles of the relay during the backlog drain.
 # BENCH_FLAGS passes more flags, e.g. BENCH_FLAGS="-duration 10s -scenarios drain".
 .PHONY: bench
 bench: pg-binaries build
-	$(GO) run ./cmd/outbox-bench -relay bin/outbox-relay $(if $(JSON),-json) $(if $(PROFILE),-profile) $(BENCH_FLAGS)
+	$(GO) run ./cmd/outbox-bench -relay bin/outbox-relay -kafka $(or $(KAFKA),apache) $(if $(JSON),-json) $(if $(PROFILE),-profile) $(BENCH_FLAGS)
 
 # The fault suite: every scenario of tests/faults against a throw-away
 # Postgres and the relay as a subprocess, each ending in the same audit

@@ -4,13 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/outbox-relay/outbox-relay/internal/devenv"
 )
@@ -93,20 +89,15 @@ func (b *bench) backlogDrain(ctx context.Context) (*BacklogResult, error) {
 	res := &BacklogResult{Rows: b.o.backlogRows, TxnRows: b.o.backlogTxn, StatusInterval: drainStatusInterval,
 		Profiled: b.o.profile, Repeats: b.o.drainRepeats}
 	for repeat := 1; repeat <= b.o.drainRepeats; repeat++ {
-		run, err := b.drainRecvlogical(ctx)
-		if err != nil {
-			return nil, err
-		}
-		run.Repeat = repeat
-		res.Runs = append(res.Runs, run)
-		for _, mode := range []string{"none", "delete"} {
+		for _, rd := range drainReaders() {
 			// Profile the first round only: the profiler costs CPU.
-			run, profiles, err := b.drainRelay(ctx, mode, b.o.profile && repeat == 1)
+			profile := b.o.profile && repeat == 1
+			run, profiles, err := b.drain(ctx, rd, profile)
 			var stall *stallError
 			for errors.As(err, &stall) && len(res.Stalls) < maxStallRetries {
 				res.Stalls = append(res.Stalls, stall)
 				b.logf("repeating the run in a fresh database")
-				run, profiles, err = b.drainRelay(ctx, mode, b.o.profile && repeat == 1)
+				run, profiles, err = b.drain(ctx, rd, profile)
 			}
 			if err != nil {
 				return nil, err
@@ -127,11 +118,21 @@ func (b *bench) backlogDrain(ctx context.Context) (*BacklogResult, error) {
 	for _, reader := range order {
 		res.Readers = append(res.Readers, summarise(reader, byReader[reader]))
 	}
-	recv, none, del := res.Readers[0], res.Readers[1], res.Readers[2]
+	recv, none, del := res.reader(readerRecvlogical), res.reader(readerRelayNone), res.reader(readerRelayDelete)
 	res.NoneVsRecvlogical = ratio(none.EventsPerSec, recv.EventsPerSec)
 	res.DeleteVsRecvlogical = ratio(del.EventsPerSec, recv.EventsPerSec)
 	res.DeleteTimeVsNone = ratio(del.Seconds, none.Seconds)
 	return res, nil
+}
+
+// reader is the summary of the named reader, or a zero one.
+func (res *BacklogResult) reader(name string) DrainSummary {
+	for _, s := range res.Readers {
+		if s.Reader == name {
+			return s
+		}
+	}
+	return DrainSummary{Reader: name}
 }
 
 func summarise(reader string, runs []DrainRun) DrainSummary {
@@ -157,6 +158,7 @@ func summarise(reader string, runs []DrainRun) DrainSummary {
 			Reader:   median(field(func(r DrainRun) float64 { return r.CPU.Reader })),
 			Postgres: median(field(func(r DrainRun) float64 { return r.CPU.Postgres })),
 			Bench:    median(field(func(r DrainRun) float64 { return r.CPU.Bench })),
+			Broker:   median(field(func(r DrainRun) float64 { return r.CPU.Broker })),
 			Other:    median(field(func(r DrainRun) float64 { return r.CPU.Other })),
 		},
 		RecordsInKafka: runs[0].RecordsInKafka,
@@ -221,168 +223,9 @@ func (b *bench) prepareBacklog(ctx context.Context, label, ackMode string, extra
 	return db, endLSN, run, nil
 }
 
-// drainRecvlogical times pg_recvlogical on a slot of its own, with the
-// relay's publication and protocol, writing to /dev/null.
-func (b *bench) drainRecvlogical(ctx context.Context) (DrainRun, error) {
-	const slot = "bench_recvlogical"
-	bin, err := b.recvlogicalPath()
-	if err != nil {
-		return DrainRun{}, err
-	}
-	db, endLSN, run, err := b.prepareBacklog(ctx, "drain_recvlogical", "none", slot)
-	if err != nil {
-		return run, err
-	}
-	defer b.drop(db)
-	// The relay's slot is not read in this run; drop it so it pins nothing.
-	db.conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slotName)
-
-	runCtx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(runCtx, bin, "-d", db.url, "--slot", slot, "--start",
-		"-o", "proto_version=1", "-o", "publication_names="+publicationName,
-		"--endpos", endLSN, "--no-loop", "-f", "/dev/null")
-	run.Reader = "pg_recvlogical"
-	b.logf("%s: %s", db.name, strings.Join(cmd.Args, " "))
-	busy0, cpuUse := machineCPU(), b.trackCPU()
-	t0 := time.Now()
-	if err := cmd.Start(); err != nil {
-		cpuUse.finish(0)
-		return run, fmt.Errorf("start pg_recvlogical: %w", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for waiting := true; waiting; {
-		select {
-		case err := <-done:
-			if err != nil {
-				cpuUse.finish(0)
-				return run, fmt.Errorf("pg_recvlogical: %w", err)
-			}
-			waiting = false
-		case <-tick.C:
-			if st, err := db.slotState(ctx, slot, endLSN); err == nil && st.activePID > 0 {
-				if cpu := processCPU(st.activePID); cpu >= 0 {
-					run.WalsenderCPU = cpu
-				}
-			}
-		}
-	}
-	run.Seconds = time.Since(t0).Seconds()
-	run.MachineBusy = busySince(busy0)
-	if cmd.ProcessState != nil {
-		run.ReaderCPU = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
-	}
-	run.CPU = cpuUse.finish(run.ReaderCPU)
-	run.EventsPerSec = float64(b.o.backlogRows) / run.Seconds
-	b.logf("%s: pg_recvlogical drained in %.2fs (%.0f events/s)", db.name, run.Seconds, run.EventsPerSec)
-	return run, nil
-}
-
-// drainRelay times the relay with ackMode from its start until every record
-// is acked and the slot confirmed the backlog's end.
-func (b *bench) drainRelay(ctx context.Context, ackMode string, profile bool) (DrainRun, []string, error) {
-	db, endLSN, run, err := b.prepareBacklog(ctx, "drain_"+ackMode, ackMode, "")
-	if err != nil {
-		return run, nil, err
-	}
-	defer b.drop(db)
-	kafka, err := devenv.StartKafka(kfake.SeedTopics(3, topicName))
-	if err != nil {
-		return run, nil, err
-	}
-	defer kafka.Close()
-
-	vars := map[string]string{
-		"PG_URL":          db.url,
-		"KAFKA_BROKERS":   strings.Join(kafka.Addrs(), ","),
-		"ACK_MODE":        ackMode,
-		"STATUS_INTERVAL": drainStatusInterval,
-	}
-	if profile {
-		vars["PPROF"] = "true"
-	}
-	run.Reader = "outbox-relay, ACK_MODE=" + ackMode
-	busy0, cpuUse := machineCPU(), b.trackCPU()
-	t0 := time.Now()
-	relay, err := startRelay(b.o.relayBin, vars, b.o.relayExtraEnv, filepath.Join(b.o.outDir, "logs", db.name+".log"))
-	if err != nil {
-		cpuUse.finish(0)
-		return run, nil, err
-	}
-	cpuDone := false
-	defer func() {
-		if !cpuDone {
-			cpuUse.finish(0)
-		}
-	}()
-	defer relay.stop()
-	var prof *cpuProfiler
-	if profile {
-		prof = startCPUProfiler(ctx, relay, filepath.Join(b.o.outDir, "profile"), "drain-"+ackMode)
-	}
-
-	timeout := drainTimeout(b.o.backlogRows)
-	deadline := time.Now().Add(timeout)
-	var kafkaAt time.Time
-	var progress progressWatch
-	var published, settling float64
-	for {
-		if err := relay.alive(); err != nil {
-			return run, nil, err
-		}
-		st, err := db.slotState(ctx, slotName, endLSN)
-		if err != nil {
-			return run, nil, err
-		}
-		if time.Now().After(deadline) || progress.stalled(fmt.Sprint(published, settling, st.confirmed)) {
-			return run, nil, b.stallDiagnose(ctx, db, relay, prof, endLSN)
-		}
-		if st.activePID > 0 {
-			if cpu := processCPU(st.activePID); cpu >= 0 {
-				run.WalsenderCPU = cpu
-			}
-		}
-		m, err := relay.metrics(ctx, "outbox_relay_events_published_total", "outbox_relay_inflight_bytes", "outbox_relay_inflight_records")
-		if err == nil {
-			published, settling = m["outbox_relay_events_published_total"], m["outbox_relay_inflight_records"]
-			run.MaxInflightMB = max(run.MaxInflightMB, m["outbox_relay_inflight_bytes"]/1e6)
-			if kafkaAt.IsZero() && published >= float64(b.o.backlogRows) {
-				kafkaAt = time.Now()
-			}
-		}
-		if st.reachedEnd && !kafkaAt.IsZero() {
-			break
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return run, nil, err
-		}
-	}
-	run.Seconds = time.Since(t0).Seconds()
-	run.KafkaSeconds = kafkaAt.Sub(t0).Seconds()
-	run.MachineBusy = busySince(busy0)
-	run.ReaderCPU = processCPU(relay.pid())
-	run.CPU, cpuDone = cpuUse.finish(run.ReaderCPU), true
-	run.EventsPerSec = float64(b.o.backlogRows) / run.Seconds
-	b.logf("%s: relay drained in %.2fs (all acked by Kafka at %.2fs): %.0f events/s",
-		db.name, run.Seconds, run.KafkaSeconds, run.EventsPerSec)
-
-	var profiles []string
-	if prof != nil {
-		profiles = prof.finish(ctx)
-	}
-	if err := relay.stop(); err != nil {
-		b.logf("%s: relay stop: %v", db.name, err)
-	}
-	run.RecordsInKafka, err = recordsIn(ctx, kafka)
-	return run, profiles, err
-}
-
 // recordsIn sums the end offsets of the bench topic.
-func recordsIn(ctx context.Context, kafka *devenv.Kafka) (int64, error) {
-	ends, err := devenv.EndOffsets(ctx, kafka.Addrs(), []string{"^" + strings.ReplaceAll(topicName, ".", `\.`) + "$"})
+func recordsIn(ctx context.Context, brokers []string) (int64, error) {
+	ends, err := devenv.EndOffsets(ctx, brokers, []string{"^" + strings.ReplaceAll(topicName, ".", `\.`) + "$"})
 	if err != nil {
 		return 0, err
 	}

@@ -35,12 +35,13 @@ const (
 
 // bench holds what the scenarios share: the cluster and the options.
 type bench struct {
-	o     options
-	pg    *devenv.Postgres
-	pgBin string
-	dbSeq int
-	start time.Time
-	note  string // filler of the generated payloads
+	o      options
+	pg     *devenv.Postgres
+	broker broker
+	pgBin  string
+	dbSeq  int
+	start  time.Time
+	note   string // filler of the generated payloads
 }
 
 func newBench(ctx context.Context, o options) (*bench, error) {
@@ -61,10 +62,24 @@ func newBench(ctx context.Context, o options) (*bench, error) {
 		fmt.Fprintf(&sb, "%08x", uint32(sb.Len())*2654435761)
 	}
 	b.note = sb.String()[:o.payloadBytes-90]
+	switch o.kafka {
+	case "kfake":
+		b.broker = kfakeBroker{}
+	case "apache":
+		a, err := startApacheBroker(ctx, b)
+		if err != nil {
+			b.close()
+			return nil, fmt.Errorf("-kafka apache: %w (-kafka kfake, or make bench KAFKA=kfake, needs neither java nor mvn)", err)
+		}
+		b.broker = a
+	}
 	return b, nil
 }
 
 func (b *bench) close() {
+	if b.broker != nil {
+		b.broker.close()
+	}
 	if b.pg != nil {
 		b.pg.Stop()
 	}

@@ -13,15 +13,18 @@ import (
 type CPUUse struct {
 	Reader   float64 `json:"reader"`   // the relay process or pg_recvlogical (the poller runs in Bench)
 	Postgres float64 `json:"postgres"` // every process of the cluster: backends, walsenders, WAL writer
-	Bench    float64 `json:"bench"`    // this process: producers, consumer, kfake broker, poller
+	Bench    float64 `json:"bench"`    // this process: producers, consumer, poller, and kfake when it is the broker
+	// Broker is the broker's own processes (the Apache Kafka JVM); 0 with
+	// kfake, which runs inside this process.
+	Broker float64 `json:"broker"`
 	// Other is everything else on the machine: other people's work.
 	Other float64 `json:"other"`
 }
 
-// String renders the use as "reader / Postgres / bench / other".
+// String renders the use as "reader / Postgres / bench / broker / other".
 func (u CPUUse) String() string {
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
-	return f(u.Reader) + " / " + f(u.Postgres) + " / " + f(u.Bench) + " / " + f(u.Other)
+	return f(u.Reader) + " / " + f(u.Postgres) + " / " + f(u.Bench) + " / " + f(u.Broker) + " / " + f(u.Other)
 }
 
 // cpuTracker follows the CPU time of the cluster's processes during a run.
@@ -36,13 +39,14 @@ type cpuTracker struct {
 	busy0   cpuTimes
 	first   map[int]float64 // CPU of the processes alive at the start
 	last    map[int]float64
+	broker0 map[int]float64 // CPU of the broker's processes at the start
 	stop    chan struct{}
 	done    chan struct{}
 }
 
 func (b *bench) trackCPU() *cpuTracker {
 	t := &cpuTracker{b: b, started: time.Now(), self0: selfCPU(), busy0: machineCPU(),
-		first: b.clusterCPU(), stop: make(chan struct{}), done: make(chan struct{})}
+		first: b.clusterCPU(), broker0: b.brokerCPU(), stop: make(chan struct{}), done: make(chan struct{})}
 	t.last = map[int]float64{}
 	go func() {
 		defer close(t.done)
@@ -75,14 +79,35 @@ func (t *cpuTracker) finish(readerCPU float64) CPUUse {
 	for pid, cpu := range t.last {
 		postgres += cpu - t.first[pid] // a process started during the run had 0
 	}
+	var broker float64
+	for pid, cpu := range t.b.brokerCPU() {
+		if cpu0, ok := t.broker0[pid]; ok {
+			broker += cpu - cpu0
+		}
+	}
 	now := machineCPU()
 	u := CPUUse{
 		Reader:   readerCPU / seconds,
 		Postgres: postgres / seconds,
 		Bench:    (selfCPU() - t.self0) / seconds,
+		Broker:   broker / seconds,
 	}
-	u.Other = max(0, (now.busy-t.busy0.busy)/clockTicks/seconds-u.Reader-u.Postgres-u.Bench)
+	u.Other = max(0, (now.busy-t.busy0.busy)/clockTicks/seconds-u.Reader-u.Postgres-u.Bench-u.Broker)
 	return u
+}
+
+// brokerCPU returns the CPU seconds of the broker's processes, by pid.
+func (b *bench) brokerCPU() map[int]float64 {
+	cpu := map[int]float64{}
+	if b.broker == nil {
+		return cpu
+	}
+	for _, pid := range b.broker.pids() {
+		if c := processCPU(pid); c >= 0 {
+			cpu[pid] = c
+		}
+	}
+	return cpu
 }
 
 // clusterCPU returns the CPU seconds of the postmaster and each of its

@@ -9,10 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/twmb/franz-go/pkg/kfake"
-
-	"github.com/outbox-relay/outbox-relay/internal/devenv"
 )
 
 // LargeResult is scenario 4: one transaction of many rows through a relay
@@ -77,14 +73,14 @@ func (b *bench) largeTransactionOnce(ctx context.Context) (*LargeResult, error) 
 		return nil, err
 	}
 	defer b.drop(db)
-	kafka, err := devenv.StartKafka(kfake.SeedTopics(3, topicName))
+	brokers, release, err := b.broker.fresh(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer kafka.Close()
+	defer release()
 	vars := map[string]string{
 		"PG_URL":        db.url,
-		"KAFKA_BROKERS": strings.Join(kafka.Addrs(), ","),
+		"KAFKA_BROKERS": strings.Join(brokers, ","),
 		"ACK_MODE":      "delete",
 	}
 	if b.o.profile {
@@ -198,7 +194,7 @@ func (b *bench) largeTransactionOnce(ctx context.Context) (*LargeResult, error) 
 	if err := relay.stop(); err != nil {
 		b.logf("%s: relay stop: %v", db.name, err)
 	}
-	res.RecordsInKafka, err = recordsIn(ctx, kafka)
+	res.RecordsInKafka, err = recordsIn(ctx, brokers)
 	b.logf("%s: drained in %.1fs after commit; peak RSS %.0f MB", db.name, res.DrainSeconds, res.PeakRSSMB)
 	return res, err
 }

@@ -6,22 +6,16 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/twmb/franz-go/pkg/kfake"
-
-	"github.com/outbox-relay/outbox-relay/internal/devenv"
 )
 
-// reader is what moves rows from the outbox to Kafka under live load.
-type reader string
-
+// The names of the live readers, which the report's sections look up.
 const (
-	readerRelay   reader = "outbox-relay"
-	readerPolling reader = "polling relay"
+	readerRelay   = "outbox-relay"
+	readerPolling = "polling relay"
 )
 
 // pollInterval is the polling baseline's sleep after a poll that found less
@@ -59,61 +53,48 @@ type LiveResult struct {
 
 // live runs one live-load run: producers insert at rate for the configured
 // duration while rd moves the rows to Kafka and a consumer reads them.
-func (b *bench) live(ctx context.Context, rate int, rd reader) (LiveResult, error) {
-	short := map[reader]string{readerRelay: "relay", readerPolling: "polling"}[rd]
-	res := LiveResult{Reader: string(rd), AckMode: "delete", TargetRate: rate, TxnRows: b.o.liveTxn, Producers: b.o.producers}
-	db, err := b.freshDatabase(ctx, fmt.Sprintf("live_%s_%d", short, rate), "delete")
+func (b *bench) live(ctx context.Context, rate int, rd liveReader) (LiveResult, error) {
+	res := LiveResult{Reader: rd.name, AckMode: rd.ackMode, TargetRate: rate, TxnRows: b.o.liveTxn, Producers: b.o.producers}
+	setupMode := rd.ackMode
+	if setupMode == "" {
+		setupMode = "none"
+	}
+	db, err := b.freshDatabase(ctx, fmt.Sprintf("live_%s_%d", rd.short, rate), setupMode)
 	if err != nil {
 		return res, err
 	}
 	defer b.drop(db)
-	kafka, err := devenv.StartKafka(kfake.SeedTopics(3, topicName))
+	if rd.slot != slotName {
+		// The reader does not stream the relay's slot; unread, it would only pin WAL.
+		if _, err := db.conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slotName); err != nil {
+			return res, fmt.Errorf("drop slot %s: %w", slotName, err)
+		}
+	}
+	brokers, release, err := b.broker.fresh(ctx)
 	if err != nil {
 		return res, err
 	}
-	defer kafka.Close()
+	defer release()
 
 	base := time.Now()
 	events := rate * int(b.o.liveDuration/time.Second)
-	cons, err := startConsumer(ctx, kafka.Addrs(), events, base)
+	cons, err := startConsumer(ctx, brokers, events, base)
 	if err != nil {
 		return res, err
 	}
 	defer cons.close()
 
-	var relay *relayProcess
-	runCtx, stopReader := context.WithCancel(ctx)
-	defer stopReader()
-	pollerDone := make(chan error, 1)
-	switch rd {
-	case readerRelay:
-		vars := map[string]string{
-			"PG_URL":        db.url,
-			"KAFKA_BROKERS": strings.Join(kafka.Addrs(), ","),
-			"ACK_MODE":      "delete",
-		}
-		if b.o.profile {
-			vars["PPROF"] = "true"
-		}
-		relay, err = startRelay(b.o.relayBin, vars, b.o.relayExtraEnv, filepath.Join(b.o.outDir, "logs", db.name+".log"))
-		if err != nil {
-			return res, err
-		}
-		defer relay.stop()
-		if err := relay.waitReady(ctx, time.Minute); err != nil {
-			return res, err
-		}
-	case readerPolling:
-		// The poller reads the table; an unread slot would only pin WAL.
-		if _, err := db.conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slotName); err != nil {
-			return res, err
-		}
-		go func() { pollerDone <- runPoller(runCtx, db.url, kafka.Addrs()) }()
-		defer func() {
-			stopReader()
-			<-pollerDone
-		}()
+	r, err := rd.start(ctx, b, liveTarget{db: db, brokers: brokers, profile: b.o.profile, rate: rate,
+		logPath: filepath.Join(b.o.outDir, "logs", db.name+".log")})
+	if err != nil {
+		return res, err
 	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			r.stop(context.WithoutCancel(ctx))
+		}
+	}()
 
 	// Warm up: the first records pay for connections and metadata lookups.
 	warm := newProducer(b, db.url, warmTag, b.o.liveTxn, base)
@@ -125,31 +106,25 @@ func (b *bench) live(ctx context.Context, rate int, rd reader) (LiveResult, erro
 	}
 
 	b.logf("%s: %s under %d events/s (%d rows per transaction, %d connections) for %s",
-		db.name, rd, rate, b.o.liveTxn, b.o.producers, b.o.liveDuration)
+		db.name, rd.name, rate, b.o.liveTxn, b.o.producers, b.o.liveDuration)
 	var lags []int64
 	lagDone := make(chan struct{})
 	lagCtx, stopLag := context.WithCancel(ctx)
 	go func() {
 		defer close(lagDone)
-		if relay == nil {
+		if rd.slot == "" {
 			return
 		}
 		for i := 0; lagCtx.Err() == nil && i < 3600; i++ {
-			if lag, err := db.slotLag(lagCtx, slotName); err == nil {
+			if lag, err := db.slotLag(lagCtx, rd.slot); err == nil {
 				lags = append(lags, lag)
 			}
 			sleep(lagCtx, time.Second)
 		}
 	}()
 	busy0, cpuUse := machineCPU(), b.trackCPU()
-	cpu0 := 0.0
-	if relay != nil {
-		cpu0 = processCPU(relay.pid())
-	}
-	var prof *cpuProfiler
-	if relay != nil && b.o.profile {
-		prof = startCPUProfiler(ctx, relay, filepath.Join(b.o.outDir, "profile"), fmt.Sprintf("live-%d", rate))
-	}
+	cpu0 := r.cpu()
+	r.startMeasuring(ctx)
 	commitAt := make([]int64, events)
 	prod := newProducer(b, db.url, runTag, b.o.liveTxn, base)
 	t0 := time.Now()
@@ -164,30 +139,14 @@ func (b *bench) live(ctx context.Context, rate int, rd reader) (LiveResult, erro
 	stopLag()
 	<-lagDone
 	res.MachineBusy = busySince(busy0)
-	relayCPU := 0.0
-	if relay != nil {
-		relayCPU = processCPU(relay.pid()) - cpu0
-	}
-	res.CPU = cpuUse.finish(relayCPU)
-	if relay != nil {
-		if err := relay.alive(); err != nil {
-			return res, err
-		}
-	}
-	if rd == readerPolling {
-		select {
-		case err := <-pollerDone:
-			pollerDone <- err
-			return res, fmt.Errorf("poller stopped: %w", err)
-		default:
-		}
+	res.CPU = cpuUse.finish(r.cpu() - cpu0)
+	if err := r.alive(); err != nil {
+		return res, err
 	}
 	// Stragglers: everything committed should arrive well within this.
 	cons.waitAll(ctx, 20*time.Second)
 	recvAt := cons.close()
-	if prof != nil {
-		res.Profiles = prof.finish(ctx) // after the reads: running pprof costs CPU
-	}
+	res.Profiles, stopped = r.stop(ctx), true // after the reads: running pprof costs CPU
 
 	res.Events = events
 	var lat []float64

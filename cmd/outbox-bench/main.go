@@ -3,9 +3,10 @@
 // pg_recvlogical, commit-to-consumer latency under live load, a polling relay
 // under the same load, and the memory of a million-row transaction.
 //
-// It starts a throw-away Postgres from the local binaries and in-process
-// Kafka-protocol brokers (kfake), runs the outbox-relay binary as a
-// subprocess, and prints BENCHMARKS.md-ready tables (or JSON with -json).
+// It starts a throw-away Postgres from the local binaries and a broker
+// (-kafka: one real Apache Kafka broker, or franz-go's in-process kfake),
+// runs the outbox-relay binary as a subprocess, and prints
+// BENCHMARKS.md-ready tables (or JSON with -json).
 // It prints figures and ratios; it never fails because a target is missed.
 // Everything it starts listens on 127.0.0.1 and is stopped before it exits.
 package main
@@ -19,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,6 +30,7 @@ import (
 // options are the command-line flags.
 type options struct {
 	relayBin     string
+	kafka        string // apache or kfake
 	outDir       string
 	json         bool
 	profile      bool
@@ -49,6 +52,8 @@ func main() {
 	var o options
 	var scenarios, rates, relayExtra string
 	flag.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "path to the outbox-relay binary (make build)")
+	flag.StringVar(&o.kafka, "kafka", "apache", "the broker: apache (one real Apache Kafka broker; needs java and mvn) "+
+		"or kfake (franz-go's in-process fake, nothing but Go)")
 	flag.StringVar(&o.outDir, "out", "bench-out", "directory for logs, profiles and the report files")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON instead of markdown tables")
 	flag.BoolVar(&o.profile, "profile", false, "take CPU and allocation profiles of the relay during the backlog drain")
@@ -75,14 +80,21 @@ func main() {
 		o.relayExtraEnv = append(o.relayExtraEnv, kv)
 	}
 
+	if o.kafka != "apache" && o.kafka != "kfake" {
+		fatal(fmt.Errorf("-kafka %q: want apache or kfake", o.kafka))
+	}
+	known := []string{"drain"}
+	for _, rd := range liveReaders() {
+		known = append(known, rd.scenario)
+	}
+	known = append(known, "large")
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(scenarios, ",") {
-		switch s = strings.TrimSpace(s); s {
-		case "drain", "latency", "polling", "large":
+		switch s = strings.TrimSpace(s); {
+		case slices.Contains(known, s):
 			o.scenarios[s] = true
-		case "":
-		default:
-			fatal(fmt.Errorf("-scenarios: unknown scenario %q (drain, latency, polling, large)", s))
+		case s != "":
+			fatal(fmt.Errorf("-scenarios: unknown scenario %q (%s)", s, strings.Join(known, ", ")))
 		}
 	}
 	for _, r := range strings.Split(rates, ",") {
@@ -121,13 +133,13 @@ func run(ctx context.Context, o options) error {
 	ctx, cancel := context.WithTimeout(ctx, 45*time.Minute)
 	defer cancel()
 
+	started := time.Now() // the broker's start is part of the run's length
 	b, err := newBench(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer b.close()
 	rep := &report{Machine: b.machine(ctx), Options: o.summary()}
-	started := time.Now()
 
 	if o.scenarios["drain"] {
 		res, err := b.backlogDrain(ctx)
@@ -136,22 +148,16 @@ func run(ctx context.Context, o options) error {
 		}
 		rep.Backlog = res
 	}
-	if o.scenarios["latency"] || o.scenarios["polling"] {
-		for _, rate := range o.liveRates {
-			if o.scenarios["latency"] {
-				res, err := b.live(ctx, rate, readerRelay)
-				if err != nil {
-					return fmt.Errorf("live latency at %d/s: %w", rate, err)
-				}
-				rep.Live = append(rep.Live, res)
+	for _, rate := range o.liveRates {
+		for _, rd := range liveReaders() {
+			if !o.scenarios[rd.scenario] {
+				continue
 			}
-			if o.scenarios["polling"] {
-				res, err := b.live(ctx, rate, readerPolling)
-				if err != nil {
-					return fmt.Errorf("polling baseline at %d/s: %w", rate, err)
-				}
-				rep.Live = append(rep.Live, res)
+			res, err := b.live(ctx, rate, rd)
+			if err != nil {
+				return fmt.Errorf("%s at %d/s: %w", rd.name, rate, err)
 			}
+			rep.Live = append(rep.Live, res)
 		}
 	}
 	if o.scenarios["large"] {
@@ -191,6 +197,7 @@ func (o options) summary() map[string]string {
 		rates = append(rates, strconv.Itoa(r))
 	}
 	return map[string]string{
+		"kafka":            o.kafka,
 		"backlog_rows":     strconv.Itoa(o.backlogRows),
 		"backlog_txn_rows": strconv.Itoa(o.backlogTxn),
 		"drain_repeats":    strconv.Itoa(o.drainRepeats),

@@ -35,12 +35,14 @@ type Machine struct {
 	Go         string            `json:"go"`
 	RelayGo    string            `json:"relay_built_with"`
 	Relay      string            `json:"relay_version"`
-	Kafka      string            `json:"kafka"`
-	Date       string            `json:"date"`
-	Command    string            `json:"command"`
-	LoadStart  string            `json:"load_average_start"`
-	LoadEnd    string            `json:"load_average_end"`
-	Duration   string            `json:"duration"`
+	// Broker names the broker every figure comes from; Kafka describes its setup.
+	Broker    string `json:"broker"`
+	Kafka     string `json:"kafka"`
+	Date      string `json:"date"`
+	Command   string `json:"command"`
+	LoadStart string `json:"load_average_start"`
+	LoadEnd   string `json:"load_average_end"`
+	Duration  string `json:"duration"`
 }
 
 func (b *bench) machine(ctx context.Context) Machine {
@@ -50,7 +52,8 @@ func (b *bench) machine(ctx context.Context) Machine {
 		RAMGiB:    float64(memTotalKB()) / (1 << 20),
 		Kernel:    strings.TrimSpace(readFile("/proc/sys/kernel/osrelease")),
 		Go:        runtime.Version(),
-		Kafka:     "kfake (franz-go's in-process Kafka-protocol cluster) in the benchmark process: 1 broker, 3 partitions, loopback TCP; a fresh cluster per run",
+		Broker:    b.broker.name(),
+		Kafka:     b.broker.details(),
 		Date:      time.Now().UTC().Format("2006-01-02 15:04 MST"),
 		Command:   "go run ./cmd/outbox-bench " + strings.Join(os.Args[1:], " "),
 		LoadStart: loadAverage(),
@@ -120,7 +123,7 @@ func loadAverage() string {
 func (r *report) markdown() string {
 	var w strings.Builder
 	m := r.Machine
-	fmt.Fprintf(&w, "## Machine and run\n\n| | |\n|---|---|\n")
+	fmt.Fprintf(&w, "## Machine and run\n\nbroker: %s\n\n| | |\n|---|---|\n", m.Broker)
 	fmt.Fprintf(&w, "| Date | %s (the run took %s) |\n", m.Date, m.Duration)
 	fmt.Fprintf(&w, "| Command | `%s` |\n", m.Command)
 	fmt.Fprintf(&w, "| CPU | %s, %d cores |\n", m.CPU, m.Cores)
@@ -180,25 +183,26 @@ func num(n float64) string {
 func (r *report) backlogMarkdown(w *strings.Builder) {
 	bl := r.Backlog
 	first := bl.Runs[0]
-	fmt.Fprintf(w, "## 1. Backlog drain\n\n")
+	fmt.Fprintf(w, "## 1. Backlog drain\n\nbroker: %s\n\n", r.Machine.Broker)
 	fmt.Fprintf(w, "Setup: %s outbox rows (jsonb payload ≈ %.0f B, 1,000 keys), %d rows per transaction, written "+
 		"while no reader streams the slot (%.0f MB of WAL). Each reader drains the same backlog in a fresh database; "+
-		"the three readers take turns, %d rounds, and the tables show medians. "+
+		"the readers take turns, %d rounds, and the tables show medians. "+
 		"pg_recvlogical: a slot of its own on the relay's publication, `-o proto_version=1`, `-f /dev/null`, "+
 		"`--endpos` = `pg_current_wal_lsn()` after the inserts. Relay: timed from its process start until every "+
 		"record is acked by Kafka and the slot's `confirmed_flush_lsn` ≥ that position; `STATUS_INTERVAL=%s` "+
 		"(so confirming does not add a status period to a run of seconds), every other setting default. "+
 		"Reader and walsender CPU are CPU seconds over the run; cores busy splits the machine's CPU "+
 		"(2 cores = 2.00) between the reader, every process of the Postgres cluster (walsender and backends), this "+
-		"benchmark process (which hosts the kfake broker) and everything else on the machine. Max in-flight is "+
+		"benchmark process (kfake included when it is the broker), the broker's own processes (the Apache Kafka JVM) "+
+		"and everything else on the machine. Max in-flight is "+
 		"the largest `outbox_relay_inflight_bytes` sampled (every 50 ms): at the cap (64 MiB = 67.1 MB) the stream "+
 		"waits for acks.",
 		num(float64(bl.Rows)), first.PayloadBytes, bl.TxnRows, float64(first.WALBytes)/1e6, bl.Repeats, bl.StatusInterval)
 	if bl.Profiled {
 		fmt.Fprintf(w, " **Profiled run** (`-profile`): the relay's figures of round 1 include the CPU profiler's overhead.")
 	}
-	recv := bl.Readers[0]
-	fmt.Fprintf(w, "\n\n| Reader | Drain time | Events/s (min–max) | × pg_recvlogical | All acked by Kafka at | Reader CPU | Walsender CPU | Cores busy: reader / Postgres / bench / other | Max in-flight | Records in Kafka |\n")
+	recv := bl.reader(readerRecvlogical)
+	fmt.Fprintf(w, "\n\n| Reader | Drain time | Events/s (min–max) | × pg_recvlogical | All acked by Kafka at | Reader CPU | Walsender CPU | Cores busy: reader / Postgres / bench / broker / other | Max in-flight | Records in Kafka |\n")
 	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range bl.Readers {
 		kafkaAt, inKafka, inflight := "—", "—", "—"
@@ -211,13 +215,13 @@ func (r *report) backlogMarkdown(w *strings.Builder) {
 			s.Reader, s.Seconds, num(s.EventsPerSec), num(s.MinEventsPerSec), num(s.MaxEventsPerSec),
 			ratio(s.EventsPerSec, recv.EventsPerSec), kafkaAt, s.ReaderCPU, s.WalsenderCPU, s.CPU, inflight, inKafka)
 	}
-	none := bl.Readers[1]
+	none := bl.reader(readerRelayNone)
 	fmt.Fprintf(w, "\n| Target | Measured | Met |\n|---|---:|:-:|\n")
 	fmt.Fprintf(w, "| relay (none) ≥ 0.6 × pg_recvlogical | %.2f × | %s |\n", bl.NoneVsRecvlogical, met(bl.NoneVsRecvlogical >= 0.6))
 	fmt.Fprintf(w, "| relay (none) ≥ 60,000 events/s | %s events/s | %s |\n", num(none.EventsPerSec), met(none.EventsPerSec >= 60000))
 	fmt.Fprintf(w, "| delete within 25%% of none (drain time ratio ≤ 1.25) | %.2f | %s |\n", bl.DeleteTimeVsNone, met(bl.DeleteTimeVsNone <= 1.25))
 	fmt.Fprintf(w, "| relay (delete) vs pg_recvlogical (no target) | %.2f × | |\n", bl.DeleteVsRecvlogical)
-	fmt.Fprintf(w, "\n<details><summary>Every run</summary>\n\n| Round | Reader | Drain time | Events/s | Reader CPU | Walsender CPU | Cores busy: reader / Postgres / bench / other |\n|---:|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "\n<details><summary>Every run</summary>\n\n| Round | Reader | Drain time | Events/s | Reader CPU | Walsender CPU | Cores busy: reader / Postgres / bench / broker / other |\n|---:|---|---:|---:|---:|---:|---:|\n")
 	for _, run := range bl.Runs {
 		fmt.Fprintf(w, "| %d | %s | %.2f s | %s | %.1f s | %.1f s | %s |\n",
 			run.Repeat, run.Reader, run.Seconds, num(run.EventsPerSec), run.ReaderCPU, run.WalsenderCPU, run.CPU)
@@ -230,11 +234,19 @@ func (r *report) backlogMarkdown(w *strings.Builder) {
 
 func (r *report) liveMarkdown(w *strings.Builder) {
 	var relays, pollers []LiveResult
+	others := map[string][]LiveResult{} // readers added to liveReaders later
+	var otherOrder []string
 	for _, l := range r.Live {
-		if l.Reader == string(readerRelay) {
+		switch l.Reader {
+		case readerRelay:
 			relays = append(relays, l)
-		} else {
+		case readerPolling:
 			pollers = append(pollers, l)
+		default:
+			if _, ok := others[l.Reader]; !ok {
+				otherOrder = append(otherOrder, l.Reader)
+			}
+			others[l.Reader] = append(others[l.Reader], l)
 		}
 	}
 	first := r.Live[0]
@@ -244,19 +256,14 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 		"producer's commit returned, joined on the `id` header; all events of the run, after a warm-up.",
 		r.durationSeconds(), first.TxnRows, first.Producers, r.payloadSize())
 	if len(relays) > 0 {
-		fmt.Fprintf(w, "## 2. Live latency\n\nSetup: %s Relay: `ACK_MODE=delete`, every setting default "+
+		fmt.Fprintf(w, "## 2. Live latency\n\nbroker: %s\n\nSetup: %s Relay: `ACK_MODE=delete`, every setting default "+
 			"(STATUS_INTERVAL 1s). Slot lag = `pg_current_wal_lsn() - confirmed_flush_lsn`, sampled every second: "+
 			"median of the first and of the last 5 samples, and the largest. Cores busy splits the machine's CPU "+
 			"(2 cores = 2.00) during the load between the relay, every process of the Postgres cluster (producer "+
-			"backends, walsender, the relay's DELETEs), this benchmark process (producers, consumer, kfake broker) "+
-			"and everything else on the machine.\n\n", setup)
-		fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Slot lag start → end (max) | Cores busy: relay / Postgres / bench / other |\n")
-		fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
-		for _, l := range relays {
-			fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s → %s (%s) | %s |\n",
-				num(float64(l.TargetRate)), num(l.AchievedRate), num(float64(l.Received)), num(float64(l.Events)),
-				l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, kb(l.LagStartBytes), kb(l.LagEndBytes), kb(l.LagMaxBytes), l.CPU)
-		}
+			"backends, walsender, the relay's DELETEs), this benchmark process (producers, consumer, and kfake when it "+
+			"is the broker), the broker's own processes (the Apache Kafka JVM) and everything else on the machine.\n\n",
+			r.Machine.Broker, setup)
+		writeLiveTable(w, "relay", relays)
 		var profiles []string
 		for _, l := range relays {
 			profiles = append(profiles, l.Profiles...)
@@ -271,17 +278,22 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 		fmt.Fprintf(w, "| every event delivered | %s/%s | %s |\n", num(float64(top.Received)), num(float64(top.Events)), met(top.Received == top.Events))
 		fmt.Fprintln(w)
 	}
+	for _, name := range otherOrder {
+		fmt.Fprintf(w, "## 2. Live latency: %s\n\nbroker: %s\n\nSetup: %s\n\n", name, r.Machine.Broker, setup)
+		writeLiveTable(w, "reader", others[name])
+		fmt.Fprintln(w)
+	}
 	if len(pollers) > 0 {
-		fmt.Fprintf(w, "## 3. Polling baseline\n\nSetup: the same load as in 2 through a minimal polling relay in the "+
+		fmt.Fprintf(w, "## 3. Polling baseline\n\nbroker: %s\n\nSetup: the same load as in 2 through a minimal polling relay in the "+
 			"benchmark process: in one transaction `SELECT … WHERE published_at IS NULL ORDER BY created_at LIMIT %d FOR UPDATE SKIP LOCKED` "+
 			"(the id is a random uuid, so created_at gives arrival order, through the outbox DDL's partial index), publish "+
 			"with segmentio/kafka-go (acks=all, BatchTimeout 1 ms), delete the rows, commit; sleep %s after a batch "+
-			"that was not full.\n\n", pollBatch, pollInterval)
-		fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Cores busy: Postgres / bench (poller included) / other |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+			"that was not full.\n\n", r.Machine.Broker, pollBatch, pollInterval)
+		fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Cores busy: Postgres / bench (poller included) / broker / other |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, l := range pollers {
-			fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %.2f / %.2f / %.2f |\n",
+			fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %.2f / %.2f / %.2f / %.2f |\n",
 				num(float64(l.TargetRate)), num(l.AchievedRate), num(float64(l.Received)), num(float64(l.Events)),
-				l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, l.CPU.Postgres, l.CPU.Bench, l.CPU.Other)
+				l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, l.CPU.Postgres, l.CPU.Bench, l.CPU.Broker, l.CPU.Other)
 		}
 		if len(relays) > 0 {
 			fmt.Fprintf(w, "\n| Rate | Relay p50 | Poller p50 | Poller p50 / relay p50 (target ≥ 10) | Met | Relay p99 | Poller p99 |\n|---:|---:|---:|---:|:-:|---:|---:|\n")
@@ -297,6 +309,18 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 			}
 		}
 		fmt.Fprintln(w)
+	}
+}
+
+// writeLiveTable writes one live reader's runs, one row per rate; who
+// names the reader in the cores-busy heading.
+func writeLiveTable(w *strings.Builder, who string, runs []LiveResult) {
+	fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Slot lag start → end (max) | Cores busy: %s / Postgres / bench / broker / other |\n", who)
+	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
+	for _, l := range runs {
+		fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s → %s (%s) | %s |\n",
+			num(float64(l.TargetRate)), num(l.AchievedRate), num(float64(l.Received)), num(float64(l.Events)),
+			l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, kb(l.LagStartBytes), kb(l.LagEndBytes), kb(l.LagMaxBytes), l.CPU)
 	}
 }
 
@@ -351,12 +375,12 @@ func (r *report) payloadSize() int {
 
 func (r *report) largeMarkdown(w *strings.Builder) {
 	l := r.Large
-	fmt.Fprintf(w, "## 4. Large transaction\n\nSetup: one `INSERT … SELECT generate_series` of %s rows (jsonb payload ≈ %.0f B, "+
+	fmt.Fprintf(w, "## 4. Large transaction\n\nbroker: %s\n\nSetup: one `INSERT … SELECT generate_series` of %s rows (jsonb payload ≈ %.0f B, "+
 		"%.0f MB of WAL) while the relay streams, `ACK_MODE=%s`, default in-flight cap (MAX_INFLIGHT_BYTES 64 MiB) and "+
 		"every other setting default. Drain = from the commit's return until every record is acked and the slot "+
 		"confirmed the transaction. Peak RSS = VmHWM of the relay process at the end; in-flight bytes and the Go "+
 		"heap are sampled from /metrics every 100 ms (1 MB = 10^6 bytes).\n\n",
-		num(float64(l.Rows)), l.PayloadBytes, float64(l.WALBytes)/1e6, l.AckMode)
+		r.Machine.Broker, num(float64(l.Rows)), l.PayloadBytes, float64(l.WALBytes)/1e6, l.AckMode)
 	fmt.Fprintf(w, "| Insert until commit | Drain after commit | All acked by Kafka at | Events/s | Idle RSS | Peak RSS | Max in-flight sampled | Max Go heap in use sampled | Records in Kafka |\n")
 	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(w, "| %.1f s | %.1f s | %.1f s | %s | %.0f MB | %.0f MB | %.1f MB | %.0f MB | %s |\n",

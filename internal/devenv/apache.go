@@ -371,6 +371,34 @@ func (k *ApacheKafka) addrs(port func(*kafkaNode) int) []string {
 	return addrs
 }
 
+// PIDs are the process ids of the cluster's running java processes (the
+// controller, if any, then the brokers), for a caller that accounts for
+// their CPU or memory.
+func (k *ApacheKafka) PIDs() []int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var pids []int
+	for _, node := range k.nodes() {
+		if node.cmd != nil {
+			pids = append(pids, node.cmd.Process.Pid)
+		}
+	}
+	return pids
+}
+
+// Version is the broker's version, read from the name of its kafka_2.13
+// jar (kafka_2.13-4.4.0.jar), or "unknown".
+func (k *ApacheKafka) Version() string {
+	jars, _ := filepath.Glob(filepath.Join(k.jars, "kafka_2.13-*.jar"))
+	for _, jar := range jars {
+		v := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(jar), "kafka_2.13-"), ".jar")
+		if !strings.ContainsAny(v, "-") { // not -sources, -test
+			return v
+		}
+	}
+	return "unknown"
+}
+
 // CAFile is the PEM file of the CA that signed the brokers' certificates,
 // or "" without TLS.
 func (k *ApacheKafka) CAFile() string { return k.caFile }

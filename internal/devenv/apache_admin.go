@@ -2,6 +2,7 @@ package devenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -191,4 +192,36 @@ func (k *ApacheKafka) LeaderOf(ctx context.Context, topic string, partition int)
 		}
 	}
 	return 0, fmt.Errorf("leader of %s[%d]: no leader (node %d)", topic, partition, leader)
+}
+
+// DeleteTopic deletes a topic and waits until the cluster's metadata no
+// longer lists it, so that a topic of the same name can be created at once
+// (in KRaft the name is free as soon as the controller has removed it; the
+// brokers delete the old log files in the background). Deleting a topic
+// that does not exist is not an error.
+func (k *ApacheKafka) DeleteTopic(ctx context.Context, name string) error {
+	cl, err := k.adminClient()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrDeleteTopicsRequest()
+	req.TimeoutMillis = 30_000
+	rt := kmsg.NewDeleteTopicsRequestTopic()
+	rt.Topic = kmsg.StringPtr(name)
+	req.Topics = append(req.Topics, rt)
+	req.TopicNames = append(req.TopicNames, name) // versions before 6 name topics here
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return fmt.Errorf("delete topic %s: %w", name, err)
+	}
+	for _, t := range resp.Topics {
+		if err := kerr.ErrorForCode(t.ErrorCode); err != nil && !errors.Is(err, kerr.UnknownTopicOrPartition) {
+			return fmt.Errorf("delete topic %s: %w", name, err)
+		}
+	}
+	return k.waitReady(ctx, "topic "+name+" to be deleted", func(m clusterMetadata) bool {
+		_, listed := m.partitions[name]
+		return !listed
+	})
 }

@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,4 +114,68 @@ func TestApacheKafkaClusterKillRestart(t *testing.T) {
 	}
 	k.Close()
 	k.Close()
+}
+
+// TestApacheKafkaDeleteTopic deletes a topic that holds a record and
+// creates it again at once: the new topic is empty. Version and PIDs
+// describe the running broker.
+func TestApacheKafkaDeleteTopic(t *testing.T) {
+	requireJava(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	k, err := StartApacheKafka(ctx, ApacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	if err := k.CreateTopic(ctx, "recreated", 3, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Addrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "recreated", Value: []byte("old")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.DeleteTopic(ctx, "recreated"); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.CreateTopic(ctx, "recreated", 3, 1, nil); err != nil {
+		t.Fatalf("create right after delete: %v", err)
+	}
+	ends, err := EndOffsets(ctx, k.Addrs(), []string{"^recreated$"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var records int64
+	for _, e := range ends {
+		records += e
+	}
+	if len(ends) != 3 || records != 0 {
+		t.Errorf("recreated topic: %d partitions holding %d records, want 3 holding 0", len(ends), records)
+	}
+	if err := k.DeleteTopic(ctx, "never-created"); err != nil {
+		t.Errorf("delete a topic that does not exist: %v, want nil", err)
+	}
+
+	pom, err := kafkaPOM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	content, err := os.ReadFile(pom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := k.Version(), pomKafkaVersion(content); got != want {
+		t.Errorf("Version() = %q, want %q (java/kafka/pom.xml)", got, want)
+	}
+	pids := k.PIDs()
+	if len(pids) != 1 {
+		t.Fatalf("PIDs() = %v, want one java process", pids)
+	}
+	if cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pids[0]) + "/cmdline"); err != nil || !strings.Contains(string(cmdline), "kafka.Kafka") {
+		t.Errorf("pid %d is not the broker (%v): %q", pids[0], err, cmdline)
+	}
 }
