@@ -129,6 +129,14 @@ func New(t outbox.Table, m outbox.Mapping) *Decoder {
 	return d
 }
 
+// WithPartitionKey makes d keep the text of column, the column a
+// partitioned outbox table is partitioned by, in each Event's PartitionKey,
+// and returns d. Call it before the first Decode.
+func (d *Decoder) WithPartitionKey(column string) *Decoder {
+	d.columnNames[fieldPartitionKey] = column
+	return d
+}
+
 // Decode parses one pgoutput message (the WALData of an XLogData message).
 //
 // For an Insert into the outbox table it fills ev, reusing ev's buffer and

@@ -47,7 +47,7 @@ func (d *Decoder) decodeInsert(r *reader, ev *outbox.Event) (Message, error) {
 		return Message{}, fmt.Errorf("insert for unknown relation oid %d (no Relation message seen)", oid)
 	}
 	if !rel.isOutbox {
-		return Message{}, fmt.Errorf("insert into %s, which is not the outbox table %s: the publication must contain only the outbox table", rel.name, d.tableName)
+		return Message{}, fmt.Errorf("insert into %s, which is not the outbox table %s: the publication must contain only the outbox table (a partitioned outbox: publish_via_partition_root = true, so that its partitions' rows arrive under its name)", rel.name, d.tableName)
 	}
 	if ev == nil {
 		return Message{}, fmt.Errorf("insert into %s: no event to decode into", rel.name)
@@ -98,7 +98,7 @@ func readTuple(r *reader, rel *relation, vals *tupleValues) error {
 			return fmt.Errorf("%w (column %d of %d)", r.err, i+1, ncolumns)
 		}
 		for set := rel.columnFields[i]; set != 0; set &= set - 1 {
-			vals.fields[bits.TrailingZeros8(uint8(set))] = v
+			vals.fields[bits.TrailingZeros16(uint16(set))] = v
 		}
 		if h := rel.columnHeader[i]; h != 0 {
 			vals.headers[h-1] = v
@@ -187,6 +187,9 @@ func (d *Decoder) fillEvent(rel *relation, vals *tupleValues, ev *outbox.Event) 
 			}
 			continue
 		}
+		if f == fieldPartitionKey && v.kind != 't' {
+			continue // only a text value can be handed back to SQL as is
+		}
 		switch v.kind {
 		case 'n':
 			if !fieldRules[f].nullable {
@@ -221,6 +224,7 @@ func (d *Decoder) fillEvent(rel *relation, vals *tupleValues, ev *outbox.Event) 
 	ev.Type = spans[fieldType].slice(buf)
 	ev.Payload = spans[fieldPayload].slice(buf)
 	ev.Topic = spans[fieldTopic].slice(buf)
+	ev.PartitionKey = spans[fieldPartitionKey].slice(buf)
 	for _, h := range d.headerScratch {
 		ev.Headers = append(ev.Headers, outbox.Header{Key: h.key, Value: buf[h.start:h.end:h.end]})
 	}

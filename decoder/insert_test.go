@@ -362,7 +362,7 @@ func TestDecodeInsertFatal(t *testing.T) {
 		{
 			name:    "foreign relation",
 			data:    encodeInsert(otherOID, []testValue{text("1")}),
-			wantErr: "insert into public.other, which is not the outbox table public.outbox: the publication must contain only the outbox table",
+			wantErr: "insert into public.other, which is not the outbox table public.outbox: the publication must contain only the outbox table (a partitioned outbox: publish_via_partition_root = true, so that its partitions' rows arrive under its name)",
 		},
 		{
 			name:    "column count differs from the relation",

@@ -34,12 +34,19 @@ const (
 	fieldTopic
 	// fieldTime is the timestamp column: it becomes Event.Time, not bytes.
 	fieldTime
+	// fieldPartitionKey is the column a partitioned outbox is partitioned
+	// by, when the relay names one (Decoder.WithPartitionKey).
+	fieldPartitionKey
 	numFields
 )
 
 // fieldSet is a set of fields, one bit each: a column the mapping names for
 // two fields (aggregateid = id, say) fills both.
-type fieldSet uint8
+type fieldSet uint16
+
+// A fieldSet must hold a bit for every field: this fails to compile when
+// numFields outgrows it.
+var _ [16 - numFields]struct{}
 
 // fieldRule says what a field's column must look like.
 type fieldRule struct {
@@ -74,6 +81,10 @@ var fieldRules = [numFields]fieldRule{
 	// without time zone means nothing to Kafka without a zone), but the
 	// column's other uses (the reconciler's age) are not the decoder's.
 	fieldTime: {mapping: "CreatedAt", nullable: true},
+	// The partition key only narrows the ack's statement: a row that does
+	// not carry it is acked by id alone, never failed for it. Any type:
+	// only the value's text form is kept.
+	fieldPartitionKey: {mapping: "partition key", nullable: true},
 }
 
 // mappedColumn is the column that fills a field.

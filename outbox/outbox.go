@@ -58,6 +58,10 @@ type Event struct {
 	// Time is the row's timestamp column (Mapping.CreatedAt) in Unix
 	// nanoseconds; 0 when the column is NULL, absent or not a timestamptz.
 	Time int64
+	// PartitionKey is the text of the row's partition key column when the
+	// outbox is partitioned by one column, nil otherwise: the ack looks for
+	// the row in the partitions that can hold it instead of in all.
+	PartitionKey []byte
 
 	// LSN is the WAL position of the INSERT.
 	LSN LSN
@@ -99,7 +103,7 @@ const eventOverhead = 512
 // in-flight cap: its whole buffer (not just the bytes in use), its header
 // keys, and the structs around it, so that the cap bounds real memory.
 func (e *Event) Size() int {
-	n := max(cap(e.buf), len(e.ID)+len(e.AggregateType)+len(e.AggregateID)+len(e.Type)+len(e.Payload)+len(e.Topic))
+	n := max(cap(e.buf), len(e.ID)+len(e.AggregateType)+len(e.AggregateID)+len(e.Type)+len(e.Payload)+len(e.Topic)+len(e.PartitionKey))
 	for _, h := range e.Headers {
 		n += len(h.Key) + 16
 	}

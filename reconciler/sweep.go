@@ -20,7 +20,8 @@ type queries struct {
 	// go: $1 the grace in microseconds, $2 the watermark's commit time, $3
 	// the batch size. Rows another sweep holds are skipped, not waited for.
 	selectOld string
-	// remove deletes or marks the rows whose ctids are $1 (text[]).
+	// remove deletes or marks the rows at the addresses $1 (text[],
+	// "tableoid:ctid") whose ctids are $2 (text[]).
 	remove string
 }
 
@@ -41,22 +42,28 @@ func buildQueries(cols *rows.Columns, cfg Config) (*queries, error) {
 	grace := "$1::bigint * interval '1 microsecond'"
 	q := &queries{cols: cols}
 	q.selectOld = fmt.Sprintf(
-		"SELECT %s, ctid::text FROM %s WHERE %s AND %s < now() - %s AND %s < $2::timestamptz - %s ORDER BY %s, %s LIMIT $3 FOR UPDATE SKIP LOCKED",
+		"SELECT %s, ctid::text, tableoid::text FROM %s WHERE %s AND %s < now() - %s AND %s < $2::timestamptz - %s ORDER BY %s, %s LIMIT $3 FOR UPDATE SKIP LOCKED",
 		cols.SelectList(), table, unacked, age, grace, age, grace, age, outbox.QuoteIdent(m.ID))
 	// The rows are locked by this transaction, so their ctids cannot change
 	// before it ends; unlike the id, a ctid also finds a row whose id is NULL.
-	byCtid := "ctid = ANY($1::text[]::tid[])"
-	q.remove = fmt.Sprintf("DELETE FROM %s WHERE %s", table, byCtid)
+	// A ctid is unique within one table only: the partitions of a
+	// partitioned outbox each have a row at (0,1), so a row's address is
+	// its table's oid and its ctid. The ctids alone let each partition
+	// find its rows with a TID scan; the address filter then keeps only
+	// those of the right partition.
+	byAddress := "ctid = ANY($2::text[]::tid[]) AND (tableoid::text || ':' || ctid::text) = ANY($1::text[])"
+	q.remove = fmt.Sprintf("DELETE FROM %s WHERE %s", table, byAddress)
 	if cfg.AckMode == outbox.AckMark {
-		q.remove = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s", table, outbox.QuoteIdent(m.PublishedAt), byCtid)
+		q.remove = fmt.Sprintf("UPDATE %s SET %s = now() WHERE %s", table, outbox.QuoteIdent(m.PublishedAt), byAddress)
 	}
 	return q, nil
 }
 
 // foundRow is what a sweep keeps about a locked row besides its Event.
 type foundRow struct {
-	ctid string
-	row  rows.Row
+	ctid     string
+	tableOID string // the partition holding the row (the table itself when not partitioned)
+	row      rows.Row
 }
 
 // Sweep runs one pass: batch after batch, it locks the oldest rows the age
@@ -166,11 +173,11 @@ func (r *Reconciler) sweepTx(ctx context.Context, watermark time.Time) (batch, e
 	if err != nil {
 		return batch{}, &errDeadLetter{fmt.Errorf("reconciler: dead-letter %d rows (nothing removed): %w", found, err)}
 	}
-	ctids := make([]string, found)
+	addresses, ctids := make([]string, found), make([]string, found)
 	for i, f := range r.found {
-		ctids[i] = f.ctid
+		addresses[i], ctids[i] = f.tableOID+":"+f.ctid, f.ctid
 	}
-	tag, err := tx.Exec(ctx, r.queries.remove, ctids)
+	tag, err := tx.Exec(ctx, r.queries.remove, addresses, ctids)
 	if err != nil {
 		return batch{}, fmt.Errorf("reconciler: remove %d dead-lettered rows: %w", found, err)
 	}
@@ -200,7 +207,9 @@ func (r *Reconciler) lockOld(ctx context.Context, tx pgx.Tx, watermark time.Time
 		if err != nil {
 			return 0, fmt.Errorf("reconciler: %w", err)
 		}
-		r.found = append(r.found, foundRow{ctid: string(res.RawValues()[r.queries.cols.Len()]), row: row})
+		raw := res.RawValues()
+		extra := r.queries.cols.Len() // ctid and tableoid follow the selected columns
+		r.found = append(r.found, foundRow{ctid: string(raw[extra]), tableOID: string(raw[extra+1]), row: row})
 		n++
 	}
 	if err := res.Err(); err != nil {

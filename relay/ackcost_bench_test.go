@@ -15,6 +15,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/internal/devenv"
 	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/replication"
 )
 
 // BenchmarkAckCost measures what recording a delivered row costs the
@@ -82,8 +83,8 @@ func BenchmarkAckCost(b *testing.B) {
 }
 
 func ackerRun(conn *pgx.Conn, table outbox.Table, mode outbox.AckMode, missing prometheus.Counter) func([]string) error {
-	a := newTableAcker(conn, table, outbox.DefaultMapping(), "uuid", mode, zerolog.Nop(), missing)
-	return func(ids []string) error { return a.Ack(context.Background(), ids, nil, nil) }
+	a := newTableAcker(conn, table, outbox.DefaultMapping(), "uuid", replication.Column{}, mode, zerolog.Nop(), missing)
+	return func(ids []string) error { return a.Ack(context.Background(), ids, nil, nil, nil) }
 }
 
 func execRun(conn *pgx.Conn, sql string) func([]string) error {

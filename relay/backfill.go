@@ -160,8 +160,9 @@ func (r *Relay) backfill(ctx context.Context, conn *pgx.Conn, snapshot string, a
 		}
 		r.metrics.published.Add(float64(delivered))
 		var kept []outbox.KeptRow
-		ids, kept = appendAck(ids[:0], nil, batch)
-		if err := acker.Ack(ctx, ids, nil, kept); err != nil {
+		ids, _, kept = appendAck(ids[:0], nil, nil, batch)
+		// Rows read by SQL carry no partition key: recorded by id alone.
+		if err := acker.Ack(ctx, ids, nil, nil, kept); err != nil {
 			return err
 		}
 		total += len(batch)

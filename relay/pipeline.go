@@ -20,20 +20,24 @@ type rowAcker interface {
 	// Ack records the rows of ids, delivered from the transactions of xids
 	// (none for rows read from a snapshot), and keeps the rows of kept (a
 	// subset of ids) in the dead-letter table in the same transaction.
-	Ack(ctx context.Context, ids []string, xids []uint32, kept []outbox.KeptRow) error
+	// keys are the rows' partition key values, one per id, or nil.
+	Ack(ctx context.Context, ids, keys []string, xids []uint32, kept []outbox.KeptRow) error
 }
 
-// appendAck appends the ids of events to ids, and the rows to keep in the
-// dead-letter table to kept. A row without an id (NULL: the table changed
-// under the relay) cannot be recorded by id; it stays in the table, for the
-// reconciler to find.
-func appendAck(ids []string, kept []outbox.KeptRow, events []outbox.Event) ([]string, []outbox.KeptRow) {
+// appendAck appends the ids of events to ids, their partition key values to
+// keys, and the rows to keep in the dead-letter table to kept. A row without
+// an id (NULL: the table changed under the relay) cannot be recorded by id;
+// it stays in the table, for the reconciler to find.
+func appendAck(ids, keys []string, kept []outbox.KeptRow, events []outbox.Event) ([]string, []string, []outbox.KeptRow) {
 	for i := range events {
 		ev := &events[i]
 		if ev.ID == nil {
 			continue
 		}
 		ids = append(ids, string(ev.ID))
+		if ev.PartitionKey != nil {
+			keys = append(keys, string(ev.PartitionKey))
+		}
 		if ev.Kept != nil {
 			lsn := ""
 			if ev.LSN != 0 {
@@ -42,7 +46,16 @@ func appendAck(ids []string, kept []outbox.KeptRow, events []outbox.Event) ([]st
 			kept = append(kept, outbox.KeptRow{ID: string(ev.ID), Reason: ev.Kept.Reason, Error: ev.Kept.Error, LSN: lsn})
 		}
 	}
-	return ids, kept
+	return ids, keys, kept
+}
+
+// keysOrNil returns keys when there is one for each of n ids, else nil: a
+// batch is narrowed by partition key only when every row carries its key.
+func keysOrNil(keys []string, n int) []string {
+	if len(keys) != n {
+		return nil
+	}
+	return keys
 }
 
 // batch is a run of events of one transaction, handed from the stream to the
@@ -380,7 +393,7 @@ func (p *pipeline) publishLoop(ctx context.Context) error {
 
 // ackLoop deletes or marks delivered rows, then settles them.
 func (p *pipeline) ackLoop(ctx context.Context) error {
-	var ids []string
+	var ids, keys []string
 	var xids []uint32
 	var kept []outbox.KeptRow
 	for {
@@ -388,14 +401,14 @@ func (p *pipeline) ackLoop(ctx context.Context) error {
 		if err != nil {
 			return nil
 		}
-		ids, xids, kept = ids[:0], xids[:0], kept[:0]
+		ids, keys, xids, kept = ids[:0], keys[:0], xids[:0], kept[:0]
 		for _, b := range batches {
 			if len(xids) == 0 || xids[len(xids)-1] != b.xid {
 				xids = append(xids, b.xid)
 			}
-			ids, kept = appendAck(ids, kept, b.events)
+			ids, keys, kept = appendAck(ids, keys, kept, b.events)
 		}
-		if err := p.acker.Ack(ctx, ids, xids, kept); err != nil {
+		if err := p.acker.Ack(ctx, ids, keysOrNil(keys, len(ids)), xids, kept); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}

@@ -387,12 +387,18 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	}
 	defer repl.Close(context.WithoutCancel(ctx))
 
+	// A table partitioned by one column: each row's value of it narrows
+	// the ack to the partitions that can hold the row.
+	partitionKey, _, err := replication.PartitionKey(ctx, conn, table)
+	if err != nil {
+		return err
+	}
 	var acker rowAcker
 	if cfg.AckMode.RecordsDelivery() {
 		if err := ensureDeadLetterTable(ctx, conn, table, mapping.ID, log); err != nil {
 			return err
 		}
-		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, cfg.AckMode, log, r.metrics.ackMissing)
+		acker = newTableAcker(conn, table, mapping, cols[mapping.ID].Type, partitionKey, cfg.AckMode, log, r.metrics.ackMissing)
 	}
 	slot, err := r.ensureSlot(ctx, conn, repl, acker, log)
 	if err != nil {
@@ -406,7 +412,7 @@ func (r *Relay) session(ctx context.Context, stop <-chan struct{}) error {
 	batchRecords, batchBytes := r.pub.BatchLimits()
 	p := newPipeline(pipelineDeps{
 		log:          log,
-		decoder:      decoder.New(table, mapping),
+		decoder:      decoder.New(table, mapping).WithPartitionKey(partitionKey.Name),
 		delivery:     r.delivery,
 		acker:        acker,
 		tracker:      tracker,

@@ -228,13 +228,14 @@ func (r *StatusReport) readSlot(ctx context.Context, conn *pgx.Conn, current out
 
 // readPublication fills the publication's fields and its warnings.
 func (r *StatusReport) readPublication(ctx context.Context, conn *pgx.Conn, table outbox.Table) error {
-	var publishesInsert bool
+	var publishesInsert, viaRoot, partitioned bool
 	err := conn.QueryRow(ctx, `
-		SELECT p.pubinsert,
+		SELECT p.pubinsert, p.pubviaroot,
 		       EXISTS (SELECT 1 FROM pg_publication_tables t
-		               WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3)
-		FROM pg_publication p WHERE p.pubname = $1`, r.Publication, table.Schema, table.Name).
-		Scan(&publishesInsert, &r.PublicationCoversTable)
+		               WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3),
+		       coalesce((SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass($4)), false)
+		FROM pg_publication p WHERE p.pubname = $1`, r.Publication, table.Schema, table.Name, table.Quoted()).
+		Scan(&publishesInsert, &viaRoot, &r.PublicationCoversTable, &partitioned)
 	if errors.Is(err, pgx.ErrNoRows) {
 		r.warn("publication %q does not exist: run `outbox-relay setup`", r.Publication)
 		return nil
@@ -243,9 +244,14 @@ func (r *StatusReport) readPublication(ctx context.Context, conn *pgx.Conn, tabl
 		return fmt.Errorf("read publication %q: %w", r.Publication, err)
 	}
 	r.PublicationExists = true
-	if !r.PublicationCoversTable {
+	switch {
+	case partitioned && !viaRoot:
+		// pg_publication_tables then lists the partitions, not the table.
+		r.warn("publication %q publishes the partitions of the partitioned table %s under their own names, which the relay refuses: run ALTER PUBLICATION %s SET (publish_via_partition_root = true)",
+			r.Publication, table, outbox.QuoteIdent(r.Publication))
+	case !r.PublicationCoversTable:
 		r.warn("publication %q does not cover table %s: no row of it reaches the relay", r.Publication, table)
-	} else if !publishesInsert {
+	case !publishesInsert:
 		r.warn("publication %q does not publish inserts", r.Publication)
 	}
 	return nil

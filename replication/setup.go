@@ -121,24 +121,57 @@ func CheckTable(ctx context.Context, conn *pgx.Conn, table outbox.Table, m outbo
 // checkIDColumn refuses an id column that can be NULL or repeat: the relay
 // deletes or marks a delivered row by its id, and consumers de-duplicate by
 // it, so each row needs its own.
+//
+// A unique index on the id alone proves that. A partitioned table cannot
+// have one unless it is partitioned by the id: Postgres requires every
+// unique index of a partitioned table to contain the partition key. So on a
+// partitioned table a unique index on the id plus partition key columns
+// only, such as PRIMARY KEY (id, created_at), is accepted: it leaves the id
+// unique within one partition key value, and the id's generator
+// (gen_random_uuid(), an identity column) has to keep it unique across them.
+// Any other column in the key would let ids repeat for a reason that has
+// nothing to do with partitioning, so it is refused as before.
 func checkIDColumn(ctx context.Context, conn *pgx.Conn, table outbox.Table, column string) error {
 	var notNull, unique bool
+	var partitionColumns []string // the partition key's columns, none when not partitioned
 	err := conn.QueryRow(ctx, `
-		SELECT a.attnotnull, EXISTS (
-			SELECT 1 FROM pg_index i
-			WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indpred IS NULL
-			  AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum)
-		FROM pg_attribute a
+		WITH part AS (
+			SELECT coalesce((SELECT p.partattrs::int2[] FROM pg_partitioned_table p WHERE p.partrelid = $1::regclass), '{}') AS attrs)
+		SELECT a.attnotnull,
+		       EXISTS (
+		           SELECT 1 FROM pg_index i
+		           WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indpred IS NULL
+		             AND EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+		                         WHERE k.n <= i.indnkeyatts AND k.attnum = a.attnum)
+		             AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+		                             WHERE k.n <= i.indnkeyatts AND k.attnum <> a.attnum
+		                               AND NOT (k.attnum > 0 AND k.attnum = ANY(part.attrs)))),
+		       coalesce((SELECT array_agg(pa.attname::text ORDER BY k.n)
+		                 FROM unnest(part.attrs) WITH ORDINALITY AS k(attnum, n)
+		                 JOIN pg_attribute pa ON pa.attrelid = a.attrelid AND pa.attnum = k.attnum), '{}')
+		FROM pg_attribute a, part
 		WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped`, table.Quoted(), column).
-		Scan(&notNull, &unique)
+		Scan(&notNull, &unique, &partitionColumns)
 	if err != nil {
 		return fmt.Errorf("read constraints of %s column %q: %w", table, column, err)
 	}
 	quoted := outbox.QuoteIdent(column)
+	keyColumns := []string{quoted}
+	var partitionKey []string
+	for _, c := range partitionColumns {
+		partitionKey = append(partitionKey, outbox.QuoteIdent(c))
+		if c != column {
+			keyColumns = append(keyColumns, outbox.QuoteIdent(c))
+		}
+	}
+	key := strings.Join(keyColumns, ", ")
 	switch {
 	case !notNull:
 		return refuse("table %s: id column %q is nullable, and the relay records each delivery by id: run ALTER TABLE %s ALTER COLUMN %s SET NOT NULL (better: ADD PRIMARY KEY (%s))",
-			table, column, table.Quoted(), quoted, quoted)
+			table, column, table.Quoted(), quoted, key)
+	case !unique && len(partitionKey) > 0:
+		return refuse("table %s: id column %q is not unique, and the relay records each delivery by id: the table is partitioned by (%s), so its primary key must be the id plus the partition key: run ALTER TABLE %s ADD PRIMARY KEY (%s)",
+			table, column, strings.Join(partitionKey, ", "), table.Quoted(), key)
 	case !unique:
 		return refuse("table %s: id column %q is not unique, and the relay records each delivery by id: run ALTER TABLE %s ADD PRIMARY KEY (%s) (or CREATE UNIQUE INDEX ON %s (%s))",
 			table, column, table.Quoted(), quoted, table.Quoted(), quoted)
@@ -149,12 +182,27 @@ func checkIDColumn(ctx context.Context, conn *pgx.Conn, table outbox.Table, colu
 // EnsurePublication creates the publication for table (inserts only) when it
 // is missing, and refuses an existing one that does not cover table or does
 // not publish inserts. It reports whether it created it.
+//
+// A partitioned table is published with publish_via_partition_root = true:
+// its rows then reach the stream as rows of the table itself, under its
+// name, whichever partition holds them, and partitions created later are
+// covered without touching the publication. Without it each partition is
+// published under its own name, which the relay refuses (it decodes the
+// outbox table only), so an existing publication without it is refused.
 func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, table outbox.Table) (bool, error) {
-	var publishesInsert, allTables bool
-	err := conn.QueryRow(ctx, "SELECT pubinsert, puballtables FROM pg_publication WHERE pubname = $1", name).
-		Scan(&publishesInsert, &allTables)
+	partitioned, err := IsPartitioned(ctx, conn, table)
+	if err != nil {
+		return false, err
+	}
+	var publishesInsert, allTables, viaRoot bool
+	err = conn.QueryRow(ctx, "SELECT pubinsert, puballtables, pubviaroot FROM pg_publication WHERE pubname = $1", name).
+		Scan(&publishesInsert, &allTables, &viaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", outbox.QuoteIdent(name), table.Quoted())
+		with := "publish = 'insert'"
+		if partitioned {
+			with += ", publish_via_partition_root = true"
+		}
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s)", outbox.QuoteIdent(name), table.Quoted(), with)
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) && pgErr.Code == "42501" {
@@ -173,12 +221,15 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, table o
 	if allTables {
 		return false, refuse("publication %q is FOR ALL TABLES: the relay needs a publication of the outbox table %s only", name, table)
 	}
-	var tables []string
+	if partitioned && !viaRoot {
+		return false, refuse("publication %q publishes the partitions of the partitioned table %s under their own names: run ALTER PUBLICATION %s SET (publish_via_partition_root = true)",
+			name, table, outbox.QuoteIdent(name))
+	}
 	rows, err := conn.Query(ctx, "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1", name)
 	if err != nil {
 		return false, fmt.Errorf("read tables of publication %q: %w", name, err)
 	}
-	tables, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return false, fmt.Errorf("read tables of publication %q: %w", name, err)
 	}

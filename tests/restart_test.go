@@ -88,6 +88,13 @@ type writer struct {
 
 func startWriter(t *testing.T, db string, maxEvents int) *writer {
 	t.Helper()
+	return startPacedWriter(t, db, maxEvents, 0)
+}
+
+// startPacedWriter is startWriter pausing for pause after each commit, for
+// a steady load rather than as much as the machine takes.
+func startPacedWriter(t *testing.T, db string, maxEvents int, pause time.Duration) *writer {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	conn, err := pgx.Connect(ctx, pg.URL(db))
 	if err != nil {
@@ -115,6 +122,9 @@ func startWriter(t *testing.T, db string, maxEvents int) *writer {
 			w.committed = append(w.committed, events...)
 			w.mu.Unlock()
 			seq += len(events)
+			if pause > 0 {
+				time.Sleep(pause) // the load's pace, not synchronisation
+			}
 		}
 	}()
 	t.Cleanup(func() { w.stopping.Store(true); <-w.done })
