@@ -108,7 +108,7 @@ func StartApacheKafka(ctx context.Context, opts ApacheOptions) (*ApacheKafka, er
 	if err != nil {
 		return nil, err
 	}
-	reapAbandonedBrokers(os.TempDir())
+	reapAbandonedJava(os.TempDir(), kafkaDirPrefix)
 	dir, err := os.MkdirTemp("", kafkaDirPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("apache kafka: %w", err)
@@ -512,11 +512,11 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// reapAbandonedBrokers kills the java processes of clusters whose owning
-// process is gone and removes their directories, as reapAbandoned does for
-// Postgres.
-func reapAbandonedBrokers(base string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, kafkaDirPrefix+"*"))
+// reapAbandonedJava kills the java processes (each named by a java.pid in
+// a subdirectory) of the directories base/prefix* whose owning process is
+// gone, and removes those directories, as reapAbandoned does for Postgres.
+func reapAbandonedJava(base, prefix string) {
+	dirs, _ := filepath.Glob(filepath.Join(base, prefix+"*"))
 	for _, dir := range dirs {
 		b, err := os.ReadFile(filepath.Join(dir, "owner.pid"))
 		if err != nil {
@@ -536,7 +536,7 @@ func reapAbandonedBrokers(base string) {
 			if err != nil || pid <= 0 {
 				continue
 			}
-			// Only if the pid still is that broker, not a recycled one.
+			// Only if the pid still is that process, not a recycled one.
 			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 			if err == nil && bytes.Contains(cmdline, []byte(filepath.Dir(f))) {
 				syscall.Kill(pid, syscall.SIGKILL)
