@@ -160,18 +160,9 @@ func StartDebezium(ctx context.Context, opts DebeziumOptions) (*Debezium, error)
 	if pg.Host != "127.0.0.1" {
 		return nil, fmt.Errorf("debezium: postgres host %q: want 127.0.0.1", pg.Host)
 	}
-	java, err := javaBinary()
+	java, jars, dir, err := newJavaWorkspace(ctx, debeziumJars, debeziumDirPrefix)
 	if err != nil {
 		return nil, err
-	}
-	jars, err := DebeziumJars(ctx)
-	if err != nil {
-		return nil, err
-	}
-	reapAbandonedJava(os.TempDir(), debeziumDirPrefix)
-	dir, err := os.MkdirTemp("", debeziumDirPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("debezium: %w", err)
 	}
 	d := &Debezium{opts: opts, dir: dir, logDir: opts.LogDir}
 	if d.logDir == "" {

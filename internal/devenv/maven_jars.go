@@ -153,21 +153,6 @@ func pomProperty(pom []byte, name string) string {
 	return "unknown"
 }
 
-// javaBinary finds java on PATH or under $JAVA_HOME.
-func javaBinary() (string, error) {
-	if p, err := exec.LookPath("java"); err == nil {
-		return p, nil
-	}
-	if home := os.Getenv("JAVA_HOME"); home != "" {
-		p := filepath.Join(home, "bin", "java")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("java not found on PATH or in $JAVA_HOME; Apache Kafka and Debezium need a JDK 17 or later " +
-		"(apt-get install default-jdk-headless)")
-}
-
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
