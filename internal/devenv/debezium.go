@@ -92,7 +92,8 @@ type DebeziumOptions struct {
 	Converter string
 	// Heap is the JVM's -Xmx; empty means 256m.
 	Heap string
-	// JVMArgs are appended to the defaults (-Xmx, -XX:+UseSerialGC).
+	// JVMArgs are appended to the defaults (-Xmx, -XX:+UseSerialGC), so
+	// they override them (-XX:-UseSerialGC -XX:+UseG1GC for G1).
 	JVMArgs []string
 	// LogDir receives connect.log (Connect's and Debezium's log) and
 	// connect.out (the JVM's stdout and stderr); empty means the worker's
@@ -421,6 +422,16 @@ func (d *Debezium) RouterSettings() map[string]string {
 		}
 	}
 	return c
+}
+
+// Exited says whether Kafka Connect's process has ended.
+func (d *Debezium) Exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Pid is the Kafka Connect JVM's process id (for CPU and memory figures).
