@@ -170,6 +170,11 @@ func TestDebeziumOutboxRouter(t *testing.T) {
 				if err := d.Close(); err != nil {
 					t.Error(err)
 				}
+				// Close drops the slot, which would pin WAL otherwise.
+				slot := fmt.Sprintf("dbz_%s_fail%d", e.name, i)
+				if n := e.queryInt("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot); n != 0 {
+					t.Errorf("slot %s still exists after Close", slot)
+				}
 			}
 
 			golden := debeziumGolden{
