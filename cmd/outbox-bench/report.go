@@ -317,16 +317,11 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 		}
 		if len(relays) > 0 {
 			fmt.Fprintf(w, "\n| Rate | Relay p50 | Poller p50 | Poller p50 / relay p50 (target ≥ 10) | Met | Relay p99 | Poller p99 |\n|---:|---:|---:|---:|:-:|---:|---:|\n")
-			for _, p := range pollers {
-				for _, rl := range relays {
-					if rl.TargetRate != p.TargetRate {
-						continue
-					}
-					x := ratio(p.P50Ms, rl.P50Ms)
-					fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.1f × | %s | %.2f ms | %.2f ms |\n",
-						num(float64(p.TargetRate)), rl.P50Ms, p.P50Ms, x, met(x >= 10), rl.P99Ms, p.P99Ms)
-				}
-			}
+			eachSameRate(pollers, relays, func(p, rl LiveResult) {
+				x := ratio(p.P50Ms, rl.P50Ms)
+				fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.1f × | %s | %.2f ms | %.2f ms |\n",
+					num(float64(p.TargetRate)), rl.P50Ms, p.P50Ms, x, met(x >= 10), rl.P99Ms, p.P99Ms)
+			})
 		}
 		fmt.Fprintln(w)
 	}
@@ -361,15 +356,22 @@ func (r *report) debeziumOverrides() string {
 // same rates: the target is a relay p50 at most 1/5 of Debezium's.
 func writeVersusRelay(w *strings.Builder, relays, dbz []LiveResult) {
 	fmt.Fprintf(w, "\n| Rate | Relay p50 | Debezium p50 | Relay p50 / Debezium p50 (target ≤ 0.2) | Met | Relay p99 | Debezium p99 | Relay / Debezium CPU per event | Relay / Debezium peak RSS |\n|---:|---:|---:|---:|:-:|---:|---:|---:|---:|\n")
-	for _, d := range dbz {
-		for _, rl := range relays {
-			if rl.TargetRate != d.TargetRate {
-				continue
+	eachSameRate(dbz, relays, func(d, rl LiveResult) {
+		x := ratio(rl.P50Ms, d.P50Ms)
+		cpu := ratio(rl.CPU.Reader*rl.Seconds/float64(max(1, rl.Events)), d.CPU.Reader*d.Seconds/float64(max(1, d.Events)))
+		fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.2f | %s | %.2f ms | %.2f ms | %.2f | %.2f |\n",
+			num(float64(d.TargetRate)), rl.P50Ms, d.P50Ms, x, met(x <= 0.2), rl.P99Ms, d.P99Ms, cpu, ratio(rl.PeakRSSMB, d.PeakRSSMB))
+	})
+}
+
+// eachSameRate calls f with every run of a and the run of b at the same
+// rate, in a's order.
+func eachSameRate(a, b []LiveResult, f func(x, y LiveResult)) {
+	for _, x := range a {
+		for _, y := range b {
+			if x.TargetRate == y.TargetRate {
+				f(x, y)
 			}
-			x := ratio(rl.P50Ms, d.P50Ms)
-			cpu := ratio(rl.CPU.Reader*rl.Seconds/float64(max(1, rl.Events)), d.CPU.Reader*d.Seconds/float64(max(1, d.Events)))
-			fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.2f | %s | %.2f ms | %.2f ms | %.2f | %.2f |\n",
-				num(float64(d.TargetRate)), rl.P50Ms, d.P50Ms, x, met(x <= 0.2), rl.P99Ms, d.P99Ms, cpu, ratio(rl.PeakRSSMB, d.PeakRSSMB))
 		}
 	}
 }

@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 )
 
@@ -52,24 +50,11 @@ func javaBinary() (string, error) {
 // a subdirectory) of the directories base/prefix* whose owning process is
 // gone, and removes those directories, as reapAbandoned does for Postgres.
 func reapAbandonedJava(base, prefix string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, prefix+"*"))
-	for _, dir := range dirs {
-		b, err := os.ReadFile(filepath.Join(dir, "owner.pid"))
-		if err != nil {
-			continue // not ours, or still being set up
-		}
-		owner, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || owner <= 0 || processAlive(owner) {
-			continue
-		}
+	for _, dir := range abandonedDirs(base, prefix) {
 		pidFiles, _ := filepath.Glob(filepath.Join(dir, "*", "java.pid"))
 		for _, f := range pidFiles {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue
-			}
-			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-			if err != nil || pid <= 0 {
+			pid, ok := readPID(f)
+			if !ok {
 				continue
 			}
 			// Only if the pid still is that process, not a recycled one.
