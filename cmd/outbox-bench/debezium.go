@@ -107,7 +107,7 @@ func startDrainDebezium(ctx context.Context, b *bench, t drainTarget) (drainingR
 	if _, ok := opts.Connector["publication.autocreate.mode"]; !ok {
 		opts.Connector["publication.autocreate.mode"] = "disabled"
 	}
-	r := &debeziumDrain{b: b, t: t, started: time.Now(), deadline: time.Now().Add(drainTimeout(b.o.backlogRows))}
+	r := &debeziumDrain{b: b, t: t, started: time.Now(), deadline: time.Now().Add(debeziumDrainTimeout(b.o.backlogRows))}
 	dbz, err := devenv.StartDebezium(ctx, opts)
 	if err != nil {
 		return nil, err
@@ -118,9 +118,15 @@ func startDrainDebezium(ctx context.Context, b *bench, t drainTarget) (drainingR
 	return r, nil
 }
 
+// debeziumDrainTimeout bounds Debezium's drain: it moved 7–9k events/s
+// here, a tenth of the relay's, so the relay's bound would be too short.
+func debeziumDrainTimeout(rows int) time.Duration {
+	return max(3*time.Minute, time.Duration(rows/1000)*time.Second)
+}
+
 func (r *debeziumDrain) poll(ctx context.Context, _ slotState, run *DrainRun) (bool, error) {
 	if time.Now().After(r.deadline) {
-		return false, fmt.Errorf("debezium: backlog not in Kafka after %s:\n%s", drainTimeout(r.b.o.backlogRows), r.dbz.LogTail(30))
+		return false, fmt.Errorf("debezium: backlog not in Kafka after %s:\n%s", debeziumDrainTimeout(r.b.o.backlogRows), r.dbz.LogTail(30))
 	}
 	if err := debeziumAlive(ctx, r.dbz); err != nil {
 		return false, err
