@@ -181,7 +181,8 @@ func TestDebeziumOutboxRouter(t *testing.T) {
 				About: "What Debezium's outbox event router (Kafka Connect standalone) produced for these rows; " +
 					"written by TestDebeziumOutboxRouter -debezium.update. key/value are the record's bytes as UTF-8, " +
 					"null when absent; each topic has one partition, records are in commit order. " +
-					"Record timestamps (the commit time) are left out.",
+					"Record timestamps (the commit time) are left out. Debezium adds four __debezium.context.* headers to " +
+					"every record (extended.headers.enabled, on by default); runId's value, new each run, is a placeholder here.",
 				Debezium:        debeziumVersion(t),
 				Converter:       converter,
 				Settings:        dbz.RouterSettings(),
