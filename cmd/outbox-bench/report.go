@@ -359,7 +359,7 @@ func writeVersusRelay(w *strings.Builder, relays, dbz []LiveResult) {
 	eachSameRate(dbz, relays, func(d, rl LiveResult) {
 		x := ratio(rl.P50Ms, d.P50Ms)
 		cpu := ratio(rl.CPU.Reader*rl.Seconds/float64(max(1, rl.Events)), d.CPU.Reader*d.Seconds/float64(max(1, d.Events)))
-		fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.2f | %s | %.2f ms | %.2f ms | %.2f | %.2f |\n",
+		fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.2g | %s | %.2f ms | %.2f ms | %.2f | %.2f |\n",
 			num(float64(d.TargetRate)), rl.P50Ms, d.P50Ms, x, met(x <= 0.2), rl.P99Ms, d.P99Ms, cpu, ratio(rl.PeakRSSMB, d.PeakRSSMB))
 	})
 }

@@ -91,7 +91,7 @@ func TestMarkdownDebeziumRatios(t *testing.T) {
 		"## 2. Live latency: " + readerDebezium + "\n",
 		// 0.2 cores × 10 s over 10k events = 20 s per 100k.
 		"| 20.00 s | 500 MB |",
-		"| 1,000/s | 1.00 ms | 10.00 ms | 0.10 | yes |",
+		"| 1,000/s | 1.00 ms | 10.00 ms | 0.1 | yes |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
