@@ -25,8 +25,13 @@ type DrainRun struct {
 	// pg_recvlogical reached --endpos; the relay had every record acked by
 	// Kafka and the slot's confirmed_flush_lsn at the backlog's end.
 	Seconds float64 `json:"seconds"`
-	// KafkaSeconds is when the relay had every record acked (relay only).
+	// KafkaSeconds is when the relay had every record acked, or Debezium's
+	// records were all in the topic.
 	KafkaSeconds float64 `json:"kafka_seconds,omitempty"`
+	// StartSeconds is how long the reader took from its start until it
+	// streamed (Debezium: the JVM's start until the task runs and the slot
+	// is active), included in Seconds.
+	StartSeconds float64 `json:"start_seconds,omitempty"`
 	EventsPerSec float64 `json:"events_per_sec"`
 	// ReaderCPU and WalsenderCPU are CPU seconds (user+system) of the
 	// reader process and of the walsender serving it.
@@ -41,8 +46,11 @@ type DrainRun struct {
 	// the cap (MAX_INFLIGHT_BYTES, 64 MiB by default) the stream waits for
 	// acks, so reading is not the bottleneck.
 	MaxInflightMB float64 `json:"max_inflight_mb,omitempty"`
-	PayloadBytes  float64 `json:"payload_bytes_avg"`
-	WALBytes      int64   `json:"wal_bytes"`
+	// PeakRSSMB is the reader process's VmHWM once the backlog was in
+	// Kafka (the relay and Debezium's JVM).
+	PeakRSSMB    float64 `json:"peak_rss_mb,omitempty"`
+	PayloadBytes float64 `json:"payload_bytes_avg"`
+	WALBytes     int64   `json:"wal_bytes"`
 }
 
 // BacklogResult is scenario 1.
@@ -55,11 +63,15 @@ type BacklogResult struct {
 	Readers []DrainSummary `json:"readers"`
 	Runs    []DrainRun     `json:"runs"`
 	// Ratios of median events/s, and of delete's median time over none's.
-	NoneVsRecvlogical   float64  `json:"relay_none_vs_pg_recvlogical"`
-	DeleteVsRecvlogical float64  `json:"relay_delete_vs_pg_recvlogical"`
-	DeleteTimeVsNone    float64  `json:"delete_time_vs_none"`
-	Profiles            []string `json:"profiles,omitempty"`
-	Profiled            bool     `json:"profiled"`
+	NoneVsRecvlogical   float64 `json:"relay_none_vs_pg_recvlogical"`
+	DeleteVsRecvlogical float64 `json:"relay_delete_vs_pg_recvlogical"`
+	DeleteTimeVsNone    float64 `json:"delete_time_vs_none"`
+	// NoneVsDebezium is the relay's (none) events/s over Debezium's, and
+	// RSSVsDebezium its peak RSS over Debezium's; 0 without Debezium.
+	NoneVsDebezium float64  `json:"relay_none_vs_debezium,omitempty"`
+	RSSVsDebezium  float64  `json:"relay_none_peak_rss_vs_debezium,omitempty"`
+	Profiles       []string `json:"profiles,omitempty"`
+	Profiled       bool     `json:"profiled"`
 	// Stalls are relay runs that stopped making progress and were repeated.
 	Stalls []*stallError `json:"stalls,omitempty"`
 }
@@ -77,6 +89,10 @@ type DrainSummary struct {
 	MachineBusy     float64 `json:"machine_busy_percent_median"`
 	CPU             CPUUse  `json:"cpu_cores_median"`
 	MaxInflightMB   float64 `json:"max_inflight_mb,omitempty"`
+	// StartSeconds is the median of the runs' StartSeconds.
+	StartSeconds float64 `json:"start_seconds_median,omitempty"`
+	// PeakRSSMB is the largest peak RSS of the reader's runs.
+	PeakRSSMB float64 `json:"peak_rss_mb_max,omitempty"`
 	// RecordsInKafka is the fewest records any run left in Kafka.
 	RecordsInKafka int64 `json:"records_in_kafka_min,omitempty"`
 }
@@ -88,8 +104,14 @@ type DrainSummary struct {
 func (b *bench) backlogDrain(ctx context.Context) (*BacklogResult, error) {
 	res := &BacklogResult{Rows: b.o.backlogRows, TxnRows: b.o.backlogTxn, StatusInterval: drainStatusInterval,
 		Profiled: b.o.profile, Repeats: b.o.drainRepeats}
+	var readers []drainReader
+	for _, rd := range drainReaders() {
+		if rd.available == nil || rd.available(b) {
+			readers = append(readers, rd)
+		}
+	}
 	for repeat := 1; repeat <= b.o.drainRepeats; repeat++ {
-		for _, rd := range drainReaders() {
+		for _, rd := range readers {
 			// Profile the first round only: the profiler costs CPU.
 			profile := b.o.profile && repeat == 1
 			run, profiles, err := b.drain(ctx, rd, profile)
@@ -122,6 +144,10 @@ func (b *bench) backlogDrain(ctx context.Context) (*BacklogResult, error) {
 	res.NoneVsRecvlogical = ratio(none.EventsPerSec, recv.EventsPerSec)
 	res.DeleteVsRecvlogical = ratio(del.EventsPerSec, recv.EventsPerSec)
 	res.DeleteTimeVsNone = ratio(del.Seconds, none.Seconds)
+	if dbz := res.reader(readerDebezium); dbz.EventsPerSec > 0 {
+		res.NoneVsDebezium = ratio(none.EventsPerSec, dbz.EventsPerSec)
+		res.RSSVsDebezium = ratio(none.PeakRSSMB, dbz.PeakRSSMB)
+	}
 	return res, nil
 }
 
@@ -151,6 +177,7 @@ func summarise(reader string, runs []DrainRun) DrainSummary {
 		MinEventsPerSec: slices.Min(eps),
 		MaxEventsPerSec: slices.Max(eps),
 		KafkaSeconds:    median(field(func(r DrainRun) float64 { return r.KafkaSeconds })),
+		StartSeconds:    median(field(func(r DrainRun) float64 { return r.StartSeconds })),
 		ReaderCPU:       median(field(func(r DrainRun) float64 { return r.ReaderCPU })),
 		WalsenderCPU:    median(field(func(r DrainRun) float64 { return r.WalsenderCPU })),
 		MachineBusy:     median(field(func(r DrainRun) float64 { return r.MachineBusy })),
@@ -166,6 +193,7 @@ func summarise(reader string, runs []DrainRun) DrainSummary {
 	for _, r := range runs {
 		s.RecordsInKafka = min(s.RecordsInKafka, r.RecordsInKafka)
 		s.MaxInflightMB = max(s.MaxInflightMB, r.MaxInflightMB)
+		s.PeakRSSMB = max(s.PeakRSSMB, r.PeakRSSMB)
 	}
 	return s
 }

@@ -27,6 +27,9 @@ type drainReader struct {
 	kafka bool
 	// start starts the reader; the run is timed from the call.
 	start func(ctx context.Context, b *bench, t drainTarget) (drainingReader, error)
+	// available, when set, says whether the reader can run on this
+	// machine; one that cannot is left out of every round.
+	available func(b *bench) bool
 }
 
 // drainTarget is the backlog a reader drains.
@@ -72,12 +75,15 @@ func drainReaders() []drainReader {
 		{name: readerRecvlogical, ackMode: "none", slot: "bench_recvlogical", start: startRecvlogical},
 		{name: readerRelayNone, ackMode: "none", kafka: true, start: startDrainRelay},
 		{name: readerRelayDelete, ackMode: "delete", kafka: true, start: startDrainRelay},
+		{name: readerDebezium, ackMode: "none", slot: debeziumSlot, kafka: true, start: startDrainDebezium,
+			available: debeziumAvailable},
 	}
 }
 
 // drain times rd once on a fresh backlog.
 func (b *bench) drain(ctx context.Context, rd drainReader, profile bool) (DrainRun, []string, error) {
-	label := strings.NewReplacer("outbox-relay, ACK_MODE=", "", "pg_", "", "-", "_", " ", "_").Replace(rd.name)
+	label := strings.NewReplacer("outbox-relay, ACK_MODE=", "", "pg_", "", "-", "_", " ", "_", "(", "", ")", "", ".", "").
+		Replace(strings.ToLower(rd.name))
 	db, endLSN, run, err := b.prepareBacklog(ctx, "drain_"+label, rd.ackMode, rd.slot)
 	if err != nil {
 		return run, nil, err
@@ -255,7 +261,11 @@ func (r *relayDrain) poll(ctx context.Context, st slotState, run *DrainRun) (boo
 			run.KafkaSeconds = r.kafkaAt.Sub(r.started).Seconds()
 		}
 	}
-	return st.reachedEnd && !r.kafkaAt.IsZero(), nil
+	done := st.reachedEnd && !r.kafkaAt.IsZero()
+	if done {
+		run.PeakRSSMB = kbToMB(processMemKB(r.relay.pid(), "VmHWM"))
+	}
+	return done, nil
 }
 
 func (r *relayDrain) cpu() float64 { return processCPU(r.relay.pid()) }

@@ -45,6 +45,9 @@ type LiveResult struct {
 	LagEndBytes   int64   `json:"slot_lag_end_bytes,omitempty"`
 	LagMaxBytes   int64   `json:"slot_lag_max_bytes,omitempty"`
 	MachineBusy   float64 `json:"machine_busy_percent"`
+	// PeakRSSMB is the reader process's VmHWM at the end of the run (the
+	// relay and Debezium's JVM; 0 for a reader inside this process).
+	PeakRSSMB float64 `json:"peak_rss_mb,omitempty"`
 	// CPU is where the machine's CPU went during the load, in cores.
 	CPU CPUUse `json:"cpu_cores"`
 	// Profiles of the relay over the run (-profile).
@@ -146,6 +149,9 @@ func (b *bench) live(ctx context.Context, rate int, rd liveReader) (LiveResult, 
 	// Stragglers: everything committed should arrive well within this.
 	cons.waitAll(ctx, 20*time.Second)
 	recvAt := cons.close()
+	if m, ok := r.(interface{ peakRSSMB() float64 }); ok {
+		res.PeakRSSMB = m.peakRSSMB()
+	}
 	res.Profiles, stopped = r.stop(ctx), true // after the reads: running pprof costs CPU
 
 	res.Events = events

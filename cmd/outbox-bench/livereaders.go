@@ -24,6 +24,9 @@ type liveReader struct {
 	slot string
 	// start starts the reader and returns once it is ready for the load.
 	start func(ctx context.Context, b *bench, t liveTarget) (liveRunning, error)
+	// available, when set, says whether the reader can run on this
+	// machine; one that cannot is left out.
+	available func(b *bench) bool
 }
 
 // liveTarget is where a live reader reads and publishes.
@@ -56,6 +59,8 @@ func liveReaders() []liveReader {
 	return []liveReader{
 		{name: readerRelay, short: "relay", scenario: "latency", ackMode: "delete", slot: slotName, start: startLiveRelay},
 		{name: readerPolling, short: "polling", scenario: "polling", ackMode: "delete", start: startPoller},
+		{name: readerDebezium, short: "debezium", scenario: "debezium", slot: debeziumSlot, start: startLiveDebezium,
+			available: debeziumAvailable},
 	}
 }
 
@@ -88,8 +93,9 @@ func startLiveRelay(ctx context.Context, b *bench, t liveTarget) (liveRunning, e
 	return &liveRelay{t: t, b: b, relay: relay}, nil
 }
 
-func (r *liveRelay) alive() error { return r.relay.alive() }
-func (r *liveRelay) cpu() float64 { return max(0, processCPU(r.relay.pid())) }
+func (r *liveRelay) alive() error       { return r.relay.alive() }
+func (r *liveRelay) peakRSSMB() float64 { return kbToMB(processMemKB(r.relay.pid(), "VmHWM")) }
+func (r *liveRelay) cpu() float64       { return max(0, processCPU(r.relay.pid())) }
 
 func (r *liveRelay) startMeasuring(ctx context.Context) {
 	if r.t.profile {

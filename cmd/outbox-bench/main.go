@@ -46,18 +46,21 @@ type options struct {
 	payloadBytes int
 	// relayExtraEnv is added to the relay's environment (-relay-env).
 	relayExtraEnv []string
+	// debeziumConfig are connector properties for Debezium on top of the
+	// benchmark's (-debezium-config).
+	debeziumConfig map[string]string
 }
 
 func main() {
 	var o options
-	var scenarios, rates, relayExtra string
+	var scenarios, rates, relayExtra, debeziumConfig string
 	flag.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "path to the outbox-relay binary (make build)")
 	flag.StringVar(&o.kafka, "kafka", "apache", "the broker: apache (one real Apache Kafka broker; needs java and mvn) "+
 		"or kfake (franz-go's in-process fake, nothing but Go)")
 	flag.StringVar(&o.outDir, "out", "bench-out", "directory for logs, profiles and the report files")
 	flag.BoolVar(&o.json, "json", false, "print the results as JSON instead of markdown tables")
 	flag.BoolVar(&o.profile, "profile", false, "take CPU and allocation profiles of the relay during the backlog drain")
-	flag.StringVar(&scenarios, "scenarios", "drain,latency,polling,large", "scenarios to run, comma-separated")
+	flag.StringVar(&scenarios, "scenarios", "drain,latency,polling,debezium,large", "scenarios to run, comma-separated")
 	flag.IntVar(&o.backlogRows, "backlog-rows", 500_000, "rows in the backlog of the drain scenario")
 	flag.IntVar(&o.backlogTxn, "backlog-txn-rows", 100, "rows per transaction in the backlog")
 	flag.IntVar(&o.drainRepeats, "drain-repeats", 3, "rounds of the backlog drain (medians are reported)")
@@ -69,7 +72,20 @@ func main() {
 	flag.IntVar(&o.payloadBytes, "payload-bytes", 400, "approximate size of each jsonb payload")
 	flag.StringVar(&relayExtra, "relay-env", "", "extra NAME=value pairs for the relay's environment, comma-separated "+
 		"(e.g. GOMEMLIMIT=100MiB,OUTBOX_RELAY_MAX_INFLIGHT_BYTES=16777216); they override the benchmark's settings")
+	flag.StringVar(&debeziumConfig, "debezium-config", "", "extra connector properties for Debezium, key=value, comma-separated "+
+		"(e.g. poll.interval.ms=10,max.batch.size=4096); they override the benchmark's (every Debezium default)")
 	flag.Parse()
+	o.debeziumConfig = map[string]string{}
+	for _, kv := range strings.Split(debeziumConfig, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			fatal(fmt.Errorf("-debezium-config: %q is not key=value", kv))
+		}
+		o.debeziumConfig[k] = v
+	}
 	for _, kv := range strings.Split(relayExtra, ",") {
 		if kv = strings.TrimSpace(kv); kv == "" {
 			continue
@@ -150,7 +166,7 @@ func run(ctx context.Context, o options) error {
 	}
 	for _, rate := range o.liveRates {
 		for _, rd := range liveReaders() {
-			if !o.scenarios[rd.scenario] {
+			if !o.scenarios[rd.scenario] || (rd.available != nil && !rd.available(b)) {
 				continue
 			}
 			res, err := b.live(ctx, rate, rd)
@@ -209,5 +225,6 @@ func (o options) summary() map[string]string {
 		"payload_bytes":    strconv.Itoa(o.payloadBytes),
 		"profile":          strconv.FormatBool(o.profile),
 		"relay_env":        strings.Join(o.relayExtraEnv, ","),
+		"debezium_config":  debeziumConfigText(o.debeziumConfig),
 	}
 }

@@ -194,7 +194,7 @@ func (r *report) backlogMarkdown(w *strings.Builder) {
 		"Reader and walsender CPU are CPU seconds over the run; cores busy splits the machine's CPU "+
 		"(2 cores = 2.00) between the reader, every process of the Postgres cluster (walsender and backends), this "+
 		"benchmark process (kfake included when it is the broker), the broker's own processes (the Apache Kafka JVM) "+
-		"and everything else on the machine. Max in-flight is "+
+		"and everything else on the machine. "+debeziumDrainSetup+r.debeziumOverrides()+" Max in-flight is "+
 		"the largest `outbox_relay_inflight_bytes` sampled (every 50 ms): at the cap (64 MiB = 67.1 MB) the stream "+
 		"waits for acks.",
 		num(float64(bl.Rows)), first.PayloadBytes, bl.TxnRows, float64(first.WALBytes)/1e6, bl.Repeats, bl.StatusInterval)
@@ -202,18 +202,24 @@ func (r *report) backlogMarkdown(w *strings.Builder) {
 		fmt.Fprintf(w, " **Profiled run** (`-profile`): the relay's figures of round 1 include the CPU profiler's overhead.")
 	}
 	recv := bl.reader(readerRecvlogical)
-	fmt.Fprintf(w, "\n\n| Reader | Drain time | Events/s (min–max) | × pg_recvlogical | All acked by Kafka at | Reader CPU | Walsender CPU | Cores busy: reader / Postgres / bench / broker / other | Max in-flight | Records in Kafka |\n")
-	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "\n\n| Reader | Drain time | Events/s (min–max) | × pg_recvlogical | All in Kafka at | Reader CPU | Reader CPU / 100k events | Walsender CPU | Cores busy: reader / Postgres / bench / broker / other | Max in-flight | Peak RSS | Records in Kafka |\n")
+	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range bl.Readers {
-		kafkaAt, inKafka, inflight := "—", "—", "—"
+		kafkaAt, inKafka, inflight, rss := "—", "—", "—", "—"
 		if s.KafkaSeconds > 0 {
 			kafkaAt = fmt.Sprintf("%.2f s", s.KafkaSeconds)
 			inKafka = num(float64(s.RecordsInKafka))
+		}
+		if s.MaxInflightMB > 0 {
 			inflight = fmt.Sprintf("%.1f MB", s.MaxInflightMB)
 		}
-		fmt.Fprintf(w, "| %s | %.2f s | %s (%s–%s) | %.2f | %s | %.1f s | %.1f s | %s | %s | %s |\n",
+		if s.PeakRSSMB > 0 {
+			rss = fmt.Sprintf("%.0f MB", s.PeakRSSMB)
+		}
+		fmt.Fprintf(w, "| %s | %.2f s | %s (%s–%s) | %.2f | %s | %.1f s | %.2f s | %.1f s | %s | %s | %s | %s |\n",
 			s.Reader, s.Seconds, num(s.EventsPerSec), num(s.MinEventsPerSec), num(s.MaxEventsPerSec),
-			ratio(s.EventsPerSec, recv.EventsPerSec), kafkaAt, s.ReaderCPU, s.WalsenderCPU, s.CPU, inflight, inKafka)
+			ratio(s.EventsPerSec, recv.EventsPerSec), kafkaAt, s.ReaderCPU, perHundredK(s.ReaderCPU, float64(bl.Rows)),
+			s.WalsenderCPU, s.CPU, inflight, rss, inKafka)
 	}
 	none := bl.reader(readerRelayNone)
 	fmt.Fprintf(w, "\n| Target | Measured | Met |\n|---|---:|:-:|\n")
@@ -221,6 +227,13 @@ func (r *report) backlogMarkdown(w *strings.Builder) {
 	fmt.Fprintf(w, "| relay (none) ≥ 60,000 events/s | %s events/s | %s |\n", num(none.EventsPerSec), met(none.EventsPerSec >= 60000))
 	fmt.Fprintf(w, "| delete within 25%% of none (drain time ratio ≤ 1.25) | %.2f | %s |\n", bl.DeleteTimeVsNone, met(bl.DeleteTimeVsNone <= 1.25))
 	fmt.Fprintf(w, "| relay (delete) vs pg_recvlogical (no target) | %.2f × | |\n", bl.DeleteVsRecvlogical)
+	if dbz := bl.reader(readerDebezium); dbz.StartSeconds > 0 {
+		fmt.Fprintf(w, "| Debezium's start (JVM start until the task streams), part of its drain time (no target) | %.2f s | |\n", dbz.StartSeconds)
+	}
+	if bl.NoneVsDebezium > 0 {
+		fmt.Fprintf(w, "| relay (none) ≥ 3 × Debezium | %.2f × | %s |\n", bl.NoneVsDebezium, met(bl.NoneVsDebezium >= 3))
+		fmt.Fprintf(w, "| relay (none) peak RSS ≤ 1/4 of Debezium's | %.2f × | %s |\n", bl.RSSVsDebezium, met(bl.RSSVsDebezium > 0 && bl.RSSVsDebezium <= 0.25))
+	}
 	fmt.Fprintf(w, "\n<details><summary>Every run</summary>\n\n| Round | Reader | Drain time | Events/s | Reader CPU | Walsender CPU | Cores busy: reader / Postgres / bench / broker / other |\n|---:|---|---:|---:|---:|---:|---:|\n")
 	for _, run := range bl.Runs {
 		fmt.Fprintf(w, "| %d | %s | %.2f s | %s | %.1f s | %.1f s | %s |\n",
@@ -279,8 +292,15 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 		fmt.Fprintln(w)
 	}
 	for _, name := range otherOrder {
-		fmt.Fprintf(w, "## 2. Live latency: %s\n\nbroker: %s\n\nSetup: %s\n\n", name, r.Machine.Broker, setup)
+		about := ""
+		if name == readerDebezium {
+			about = " " + debeziumLiveSetup + r.debeziumOverrides()
+		}
+		fmt.Fprintf(w, "## 2. Live latency: %s\n\nbroker: %s\n\nSetup: %s%s\n\n", name, r.Machine.Broker, setup, about)
 		writeLiveTable(w, "reader", others[name])
+		if name == readerDebezium && len(relays) > 0 {
+			writeVersusRelay(w, relays, others[name])
+		}
 		fmt.Fprintln(w)
 	}
 	if len(pollers) > 0 {
@@ -297,16 +317,11 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 		}
 		if len(relays) > 0 {
 			fmt.Fprintf(w, "\n| Rate | Relay p50 | Poller p50 | Poller p50 / relay p50 (target ≥ 10) | Met | Relay p99 | Poller p99 |\n|---:|---:|---:|---:|:-:|---:|---:|\n")
-			for _, p := range pollers {
-				for _, rl := range relays {
-					if rl.TargetRate != p.TargetRate {
-						continue
-					}
-					x := ratio(p.P50Ms, rl.P50Ms)
-					fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.1f × | %s | %.2f ms | %.2f ms |\n",
-						num(float64(p.TargetRate)), rl.P50Ms, p.P50Ms, x, met(x >= 10), rl.P99Ms, p.P99Ms)
-				}
-			}
+			eachSameRate(pollers, relays, func(p, rl LiveResult) {
+				x := ratio(p.P50Ms, rl.P50Ms)
+				fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.1f × | %s | %.2f ms | %.2f ms |\n",
+					num(float64(p.TargetRate)), rl.P50Ms, p.P50Ms, x, met(x >= 10), rl.P99Ms, p.P99Ms)
+			})
 		}
 		fmt.Fprintln(w)
 	}
@@ -315,13 +330,58 @@ func (r *report) liveMarkdown(w *strings.Builder) {
 // writeLiveTable writes one live reader's runs, one row per rate; who
 // names the reader in the cores-busy heading.
 func writeLiveTable(w *strings.Builder, who string, runs []LiveResult) {
-	fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Slot lag start → end (max) | Cores busy: %s / Postgres / bench / broker / other |\n", who)
-	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
+	fmt.Fprintf(w, "| Rate | Achieved | Received | p50 | p99 | p99.9 | max | Slot lag start → end (max) | Cores busy: %s / Postgres / bench / broker / other | %s CPU / 100k events | Peak RSS |\n", who, who)
+	fmt.Fprintf(w, "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n")
 	for _, l := range runs {
-		fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s → %s (%s) | %s |\n",
+		rss := "—"
+		if l.PeakRSSMB > 0 {
+			rss = fmt.Sprintf("%.0f MB", l.PeakRSSMB)
+		}
+		fmt.Fprintf(w, "| %s/s | %s/s | %s/%s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s → %s (%s) | %s | %.2f s | %s |\n",
 			num(float64(l.TargetRate)), num(l.AchievedRate), num(float64(l.Received)), num(float64(l.Events)),
-			l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, kb(l.LagStartBytes), kb(l.LagEndBytes), kb(l.LagMaxBytes), l.CPU)
+			l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, kb(l.LagStartBytes), kb(l.LagEndBytes), kb(l.LagMaxBytes), l.CPU,
+			perHundredK(l.CPU.Reader*l.Seconds, float64(l.Events)), rss)
 	}
+}
+
+// debeziumOverrides names the connector settings -debezium-config changed.
+func (r *report) debeziumOverrides() string {
+	if c := r.Options["debezium_config"]; c != "" {
+		return " Changed from the defaults by -debezium-config: `" + c + "`."
+	}
+	return ""
+}
+
+// writeVersusRelay compares Debezium's live runs with the relay's at the
+// same rates: the issue's target is a relay p50 at most 1/5 of Debezium's.
+func writeVersusRelay(w *strings.Builder, relays, dbz []LiveResult) {
+	fmt.Fprintf(w, "\n| Rate | Relay p50 | Debezium p50 | Relay p50 / Debezium p50 (target ≤ 0.2) | Met | Relay p99 | Debezium p99 | Relay / Debezium CPU per event | Relay / Debezium peak RSS |\n|---:|---:|---:|---:|:-:|---:|---:|---:|---:|\n")
+	eachSameRate(dbz, relays, func(d, rl LiveResult) {
+		x := ratio(rl.P50Ms, d.P50Ms)
+		cpu := ratio(rl.CPU.Reader*rl.Seconds/float64(max(1, rl.Events)), d.CPU.Reader*d.Seconds/float64(max(1, d.Events)))
+		fmt.Fprintf(w, "| %s/s | %.2f ms | %.2f ms | %.2g | %s | %.2f ms | %.2f ms | %.2f | %.2f |\n",
+			num(float64(d.TargetRate)), rl.P50Ms, d.P50Ms, x, met(x <= 0.2), rl.P99Ms, d.P99Ms, cpu, ratio(rl.PeakRSSMB, d.PeakRSSMB))
+	})
+}
+
+// eachSameRate calls f with every run of a and the run of b at the same
+// rate, in a's order.
+func eachSameRate(a, b []LiveResult, f func(x, y LiveResult)) {
+	for _, x := range a {
+		for _, y := range b {
+			if x.TargetRate == y.TargetRate {
+				f(x, y)
+			}
+		}
+	}
+}
+
+// perHundredK is seconds spent per 100,000 of events.
+func perHundredK(seconds, events float64) float64 {
+	if events <= 0 {
+		return 0
+	}
+	return seconds / events * 100_000
 }
 
 // writeStalls lists the runs that stalled and were repeated.

@@ -100,18 +100,9 @@ func StartApacheKafka(ctx context.Context, opts ApacheOptions) (*ApacheKafka, er
 	if opts.Brokers < 1 {
 		return nil, fmt.Errorf("apache kafka: %d brokers", opts.Brokers)
 	}
-	java, err := javaBinary()
+	java, jars, dir, err := newJavaWorkspace(ctx, kafkaJars, kafkaDirPrefix)
 	if err != nil {
 		return nil, err
-	}
-	jars, err := ApacheKafkaJars(ctx)
-	if err != nil {
-		return nil, err
-	}
-	reapAbandonedBrokers(os.TempDir())
-	dir, err := os.MkdirTemp("", kafkaDirPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("apache kafka: %w", err)
 	}
 	k := &ApacheKafka{java: java, jars: jars, dir: dir, logDir: opts.LogDir, opts: opts}
 	if k.logDir == "" {
@@ -510,38 +501,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// reapAbandonedBrokers kills the java processes of clusters whose owning
-// process is gone and removes their directories, as reapAbandoned does for
-// Postgres.
-func reapAbandonedBrokers(base string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, kafkaDirPrefix+"*"))
-	for _, dir := range dirs {
-		b, err := os.ReadFile(filepath.Join(dir, "owner.pid"))
-		if err != nil {
-			continue // not ours, or still being set up
-		}
-		owner, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || owner <= 0 || processAlive(owner) {
-			continue
-		}
-		pidFiles, _ := filepath.Glob(filepath.Join(dir, "*", "java.pid"))
-		for _, f := range pidFiles {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue
-			}
-			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-			if err != nil || pid <= 0 {
-				continue
-			}
-			// Only if the pid still is that broker, not a recycled one.
-			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			if err == nil && bytes.Contains(cmdline, []byte(filepath.Dir(f))) {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		os.RemoveAll(dir)
-	}
 }

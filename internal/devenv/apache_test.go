@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -160,15 +161,15 @@ func TestApacheKafkaDeleteTopic(t *testing.T) {
 		t.Errorf("delete a topic that does not exist: %v, want nil", err)
 	}
 
-	pom, err := kafkaPOM()
+	root, err := RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	content, err := os.ReadFile(pom)
+	content, err := os.ReadFile(filepath.Join(root, kafkaJars.pom))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := k.Version(), pomKafkaVersion(content); got != want {
+	if got, want := k.Version(), pomProperty(content, kafkaJars.versionProperty); got != want {
 		t.Errorf("Version() = %q, want %q (java/kafka/pom.xml)", got, want)
 	}
 	pids := k.PIDs()

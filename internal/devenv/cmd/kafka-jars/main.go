@@ -1,6 +1,7 @@
-// Command kafka-jars fetches the Apache Kafka broker's jars into the cache
-// (devenv.ApacheKafkaJars) and prints their directory, so that CI pays the
-// download before the timed tests.
+// Command kafka-jars fetches into the cache the Apache Kafka broker's jars
+// (devenv.ApacheKafkaJars) and Debezium's with Kafka Connect's
+// (devenv.DebeziumJars), and prints their directories, so that CI and the
+// benchmark pay the download before the timed work.
 package main
 
 import (
@@ -15,10 +16,12 @@ import (
 func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	dir, err := devenv.ApacheKafkaJars(ctx)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "kafka-jars:", err)
-		os.Exit(1)
+	for _, fetch := range []func(context.Context) (string, error){devenv.ApacheKafkaJars, devenv.DebeziumJars} {
+		dir, err := fetch(ctx)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kafka-jars:", err)
+			os.Exit(1)
+		}
+		fmt.Println(dir)
 	}
-	fmt.Println(dir)
 }
