@@ -214,7 +214,7 @@ func (r *Relay) stream(ctx context.Context, stop <-chan struct{}) error {
 			// rather than wait for wal_sender_timeout.
 			log.Warn().Err(err).Dur("retry_in", delay).
 				Msg("holding the leader lock but the slot is still active (a previous leader's walsender); terminating it")
-			r.terminateStaleWalsender(ctx, active.Slot, log)
+			r.terminateStaleWalsender(ctx, active.Slot, log, false)
 		} else {
 			r.health.setRole(RoleStarting, err.Error())
 			log.Error().Err(err).Dur("retry_in", delay).Msg("streaming session failed; reconnecting")
@@ -283,7 +283,8 @@ func droppedPublication(err error) string {
 
 // terminateStaleWalsender ends the walsender still holding our slot. Only the
 // leader calls it, so the process on the other end cannot be a live leader.
-func (r *Relay) terminateStaleWalsender(ctx context.Context, slot string, log zerolog.Logger) {
+// again marks a repeated signal, logged at debug level.
+func (r *Relay) terminateStaleWalsender(ctx context.Context, slot string, log zerolog.Logger, again bool) {
 	conn, err := pgx.Connect(ctx, r.cfg.PGURL)
 	if err != nil {
 		return
@@ -300,13 +301,21 @@ func (r *Relay) terminateStaleWalsender(ctx context.Context, slot string, log ze
 		log.Warn().Err(err).Msg("cannot terminate the stale walsender")
 		return
 	}
-	log.Warn().Int32("pid", *pid).Str("slot", slot).Bool("terminated", ok != nil && *ok).Msg("terminated the stale walsender holding the slot")
+	level := zerolog.WarnLevel
+	if again {
+		level = zerolog.DebugLevel
+	}
+	log.WithLevel(level).Int32("pid", *pid).Str("slot", slot).Bool("terminated", ok != nil && *ok).Msg("terminated the stale walsender holding the slot")
 }
 
 // staleWalsenderExit bounds the wait for a terminated walsender to let go of
 // the slot; past it the session goes on and ensureSlot reports the slot as
 // active, which retries.
 const staleWalsenderExit = 5 * time.Second
+
+// staleWalsenderResignal is how often the stale walsender is signalled again
+// while it holds the slot.
+const staleWalsenderResignal = 500 * time.Millisecond
 
 // releaseSlot ends the walsender of a previous leader that still holds the
 // slot, and waits until the slot is free. Only the leader calls it.
@@ -323,6 +332,7 @@ func (r *Relay) releaseSlot(ctx context.Context, conn *pgx.Conn, log zerolog.Log
 
 func (r *Relay) releaseSlotNamed(ctx context.Context, conn *pgx.Conn, name string, log zerolog.Logger) error {
 	deadline := time.Now().Add(staleWalsenderExit)
+	var signalled time.Time
 	for terminated := false; ; {
 		slot, ok, err := replication.LookupSlot(ctx, conn, name)
 		if err != nil {
@@ -334,8 +344,14 @@ func (r *Relay) releaseSlotNamed(ctx context.Context, conn *pgx.Conn, name strin
 		if !terminated {
 			log.Warn().Int32("pid", slot.ActivePID).Str("slot", name).Str("lsn", slot.ConfirmedFlushLSN.String()).
 				Msg("holding the leader lock but the slot is still active (a previous leader's walsender); terminating it")
-			r.terminateStaleWalsender(ctx, name, log)
-			terminated = true
+		}
+		// A walsender whose client froze can block, while it exits, in
+		// sending its FATAL message to a socket nobody reads; another
+		// SIGTERM interrupts that send. Seen on this machine: one signal,
+		// and the slot stayed active for the whole 5 s wait.
+		if time.Since(signalled) >= staleWalsenderResignal {
+			r.terminateStaleWalsender(ctx, name, log, terminated)
+			terminated, signalled = true, time.Now()
 		}
 		select {
 		case <-time.After(50 * time.Millisecond):
