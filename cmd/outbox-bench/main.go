@@ -65,7 +65,7 @@ func main() {
 	flag.IntVar(&o.backlogTxn, "backlog-txn-rows", 100, "rows per transaction in the backlog")
 	flag.IntVar(&o.drainRepeats, "drain-repeats", 3, "rounds of the backlog drain (medians are reported)")
 	flag.DurationVar(&o.liveDuration, "duration", 30*time.Second, "length of each live-load run")
-	flag.StringVar(&rates, "rates", "1000,5000,10000", "live-load rates in events/s, comma-separated")
+	flag.StringVar(&rates, "rates", "1000,2000,5000,10000", "live-load rates in events/s, comma-separated")
 	flag.IntVar(&o.liveTxn, "live-txn-rows", 10, "rows per transaction under live load")
 	flag.IntVar(&o.producers, "producers", 4, "producer connections under live load")
 	flag.IntVar(&o.largeRows, "large-rows", 1_000_000, "rows in the single large transaction")
