@@ -340,12 +340,20 @@ func (p *pipeline) Drain() <-chan struct{} {
 	return p.drained
 }
 
+// publishCallChunks is how many producer chunks (batchRecords records or
+// batchBytes bytes) one Publish call carries at most. The producer sends a
+// call's chunks one after the other anyway, so a larger call saves no round
+// trip; it would only copy more events into the scratch slice and build more
+// Kafka messages at once, memory the in-flight cap does not see twice.
+const publishCallChunks = 4
+
 // publishLoop sends queued batches to Kafka, one Publish call at a time so
 // that retries can never reorder records of one key.
 func (p *pipeline) publishLoop(ctx context.Context) error {
 	var scratch []outbox.Event
+	maxRecords, maxBytes := publishCallChunks*p.batchRecords, publishCallChunks*p.batchBytes
 	for {
-		batches, err := p.take(ctx, &p.toPublish, p.publishWake)
+		batches, err := p.take(ctx, &p.toPublish, p.publishWake, maxRecords, maxBytes)
 		if err != nil {
 			return nil // the session is ending
 		}
@@ -397,7 +405,7 @@ func (p *pipeline) ackLoop(ctx context.Context) error {
 	var xids []uint32
 	var kept []outbox.KeptRow
 	for {
-		batches, err := p.take(ctx, &p.toAck, p.ackWake)
+		batches, err := p.take(ctx, &p.toAck, p.ackWake, 0, 0)
 		if err != nil {
 			return nil
 		}
@@ -418,15 +426,30 @@ func (p *pipeline) ackLoop(ctx context.Context) error {
 	}
 }
 
-// take waits for queued batches and takes all of them.
-func (p *pipeline) take(ctx context.Context, queue *[]*batch, wakeup chan struct{}) ([]*batch, error) {
+// take waits for queued batches and takes them from the front, oldest first:
+// all of them, or with maxRecords > 0 only until they hold maxRecords events
+// or maxBytes bytes (always at least one). Batches left behind stay queued
+// and the wake-up is re-armed for them.
+func (p *pipeline) take(ctx context.Context, queue *[]*batch, wakeup chan struct{}, maxRecords int, maxBytes int64) ([]*batch, error) {
 	var taken []*batch
 	for {
 		p.mu.Lock()
-		if len(*queue) > 0 {
-			taken = append(taken, *queue...)
-			clear(*queue)
-			*queue = (*queue)[:0]
+		if q := *queue; len(q) > 0 {
+			n := len(q)
+			if maxRecords > 0 {
+				records, bytes := 0, int64(0)
+				for n = 0; n < len(q) && (n == 0 || records < maxRecords && bytes < maxBytes); n++ {
+					records += len(q[n].events)
+					bytes += q[n].bytes
+				}
+			}
+			taken = append(taken, q[:n]...)
+			rest := copy(q, q[n:])
+			clear(q[rest:])
+			*queue = q[:rest]
+			if rest > 0 {
+				wake(wakeup)
+			}
 		}
 		p.mu.Unlock()
 		if len(taken) > 0 {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -262,8 +263,13 @@ func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
 
 	s.nextStatus = time.Now().Add(s.opts.StatusInterval)
 	lastReceived := time.Now()
-	recvCtx, recvCancel := receiveContext(stopCtx, s.nextStatus)
-	defer func() { recvCancel() }()
+	// The receive ends at the next status time or when the stop is asked
+	// for; after that, to reach the Commit of the open transaction, only
+	// when ctx ends.
+	dl := readDeadline{conn: s.conn.conn.Conn()}
+	defer dl.close()
+	dl.watch(stopCtx)
+	stopping := false
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -273,8 +279,17 @@ func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
 				return err
 			}
 		}
-		if stopCtx.Err() != nil && !s.consumer.InTransaction() {
-			return nil
+		if stopCtx.Err() != nil {
+			if !s.consumer.InTransaction() {
+				return nil
+			}
+			if !stopping {
+				// After a graceful stop was asked for, keep reading (to
+				// reach the Commit of the open transaction) without the
+				// stop ending the receive.
+				stopping = true
+				dl.watch(ctx)
+			}
 		}
 		if throttle := s.consumer.Throttle(); throttle != nil {
 			if err := s.wait(ctx, throttle); err != nil {
@@ -283,24 +298,21 @@ func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
 			lastReceived = time.Now() // not reading is not silence
 			continue
 		}
-		if recvCtx.Err() != nil {
-			recvCancel()
-			// After a graceful stop was asked for, keep reading (to reach the
-			// Commit of the open transaction) without the stop cancelling it.
-			parent := stopCtx
-			if stopCtx.Err() != nil {
-				parent = ctx
-			}
-			recvCtx, recvCancel = receiveContext(parent, s.nextStatus)
-		}
-		msg, err := s.conn.conn.ReceiveMessage(recvCtx)
+		dl.set(s.nextStatus)
+		// context.Background: pgconn then watches no context (a
+		// context.AfterFunc and a channel per message); the deadline above
+		// does the same job once per status period.
+		msg, err := s.conn.conn.ReceiveMessage(context.Background())
 		if err != nil {
-			if ctx.Err() == nil && recvCtx.Err() != nil {
+			if ctx.Err() == nil && pgconn.Timeout(err) {
 				if silent := time.Since(lastReceived); silent > silenceLimit {
 					return fmt.Errorf("slot %q: nothing received for %s while reading (confirmed %s): reconnecting",
 						s.opts.Slot, silent.Round(time.Second), s.confirmed)
 				}
 				continue // status deadline or graceful stop
+			}
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return ctxErr
 			}
 			return fmt.Errorf("receive from slot %q (confirmed %s): %w", s.opts.Slot, s.confirmed, err)
 		}
@@ -318,11 +330,68 @@ func (s *streamState) read(ctx context.Context, stop <-chan struct{}) error {
 	}
 }
 
-// receiveContext bounds one stretch of receives by the next status time, so a
-// quiet stream still wakes up to send status. One context serves many
-// receives: creating one per message would cost a timer each.
-func receiveContext(parent context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
-	return context.WithDeadline(parent, deadline)
+// readDeadline bounds the replication connection's receives by a read
+// deadline on its socket, and ends a blocked receive when a watched context
+// ends by moving that deadline into the past: what pgconn does for a context
+// passed to ReceiveMessage, but once per status period instead of once per
+// message (pgconn's watch costs a context.AfterFunc and a channel per call,
+// the largest allocation of a backlog drain).
+type readDeadline struct {
+	conn net.Conn
+	stop func() bool
+	done chan struct{}
+	at   time.Time // the deadline set last, by the reading goroutine
+
+	mu    sync.Mutex
+	ended bool // the watched context ended: the deadline stays in the past
+}
+
+// watch ends receives when ctx ends, in place of the context watched before.
+func (d *readDeadline) watch(ctx context.Context) {
+	d.unwatch()
+	d.mu.Lock()
+	d.ended = false
+	d.mu.Unlock()
+	d.at = time.Time{} // the socket's deadline may be in the past: set it again
+	done := make(chan struct{})
+	d.done = done
+	d.stop = context.AfterFunc(ctx, func() {
+		d.mu.Lock()
+		d.ended = true
+		_ = d.conn.SetReadDeadline(time.Unix(1, 0))
+		d.mu.Unlock()
+		close(done)
+	})
+}
+
+func (d *readDeadline) unwatch() {
+	if d.stop == nil {
+		return
+	}
+	if !d.stop() {
+		<-d.done // the function ran or is running: let it finish
+	}
+	d.stop = nil
+}
+
+// set makes receives time out at t, unless the watched context has ended.
+// Called before every receive, it costs a comparison when t is unchanged.
+func (d *readDeadline) set(t time.Time) {
+	if t.Equal(d.at) {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.ended {
+		_ = d.conn.SetReadDeadline(t)
+		d.at = t
+	}
+}
+
+// close stops watching and clears the deadline for the connection's next use.
+func (d *readDeadline) close() {
+	d.unwatch()
+	_ = d.conn.SetReadDeadline(time.Time{})
 }
 
 func (s *streamState) handle(ctx context.Context, data []byte) error {

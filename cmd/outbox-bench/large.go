@@ -109,9 +109,9 @@ func (b *bench) largeTransactionOnce(ctx context.Context) (*LargeResult, error) 
 			if err == nil {
 				maxInflight = max(maxInflight, m["outbox_relay_inflight_bytes"])
 				maxHeap = max(maxHeap, m["go_memstats_heap_inuse_bytes"])
-				if b.o.profile && !peakTaken && m["outbox_relay_inflight_bytes"] >= defaultMaxInflight/2 {
+				if b.o.profile && !peakTaken && m["outbox_relay_inflight_bytes"] >= defaultMaxInflight*95/100 {
 					os.MkdirAll(profileDir, 0o755)
-					peakTaken = relay.fetch(sampleCtx, "/debug/pprof/heap", peakHeap) == nil
+					peakTaken = relay.fetch(sampleCtx, "/debug/pprof/heap?gc=1", peakHeap) == nil
 				}
 			}
 			sleep(sampleCtx, 100*time.Millisecond)
