@@ -82,9 +82,9 @@ type debeziumGolden struct {
 	Settings  map[string]string `json:"settings"`
 	// Rows are inserted in one transaction, then Deleted is deleted in a
 	// second one, then RowsAfterDelete are inserted in a third.
-	Rows            []routerRow  `json:"rows"`
+	Rows            []routerRow    `json:"rows"`
 	Deleted         []string       `json:"deleted_after_insert"`
-	RowsAfterDelete []routerRow  `json:"rows_after_delete"`
+	RowsAfterDelete []routerRow    `json:"rows_after_delete"`
 	Records         []goldenRecord `json:"records"`
 	// FailsTask are rows the router cannot take with this converter: the
 	// connector's task fails on them (Connect stops it for good) with
@@ -104,7 +104,7 @@ type goldenRecord struct {
 
 type failingRow struct {
 	Row   routerRow `json:"row"`
-	Error string      `json:"error"`
+	Error string    `json:"error"`
 }
 
 type goldenHeader struct {

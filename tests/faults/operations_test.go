@@ -78,7 +78,9 @@ func leads(p *relaytest.Process) bool {
 // leaderKillAndFreeze runs three replicas under load, SIGKILLs the leader,
 // then SIGSTOPs the new leader for 30 s: each time another replica must
 // stream within 10 s, and no two replicas may lead at once (a frozen one
-// counts again once it resumes).
+// counts again once it has logged anything after it resumed, or 2 s after
+// the resume: until then its last line predates the freeze and says nothing
+// of now; a replica that kept leading after it resumed is counted then).
 func leaderKillAndFreeze(t *testing.T) {
 	w := newWorld(t)
 	replicas := make(map[string]*relaytest.Process)
@@ -86,7 +88,7 @@ func leaderKillAndFreeze(t *testing.T) {
 		env := w.relayEnv("OUTBOX_RELAY_PG_URL="+pg.URL(w.name)+"&application_name="+name, "OUTBOX_RELAY_LEADER_RETRY=500ms")
 		replicas[name] = w.spawn(env, "run")
 	}
-	var frozen sync.Map // name → true while SIGSTOPped
+	var frozen sync.Map // name → resumeMark while SIGSTOPped or just resumed
 	var overlaps atomic.Int64
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
@@ -100,7 +102,10 @@ func leaderKillAndFreeze(t *testing.T) {
 			}
 			n := 0
 			for name, p := range replicas {
-				if _, ok := frozen.Load(name); !ok && !p.Exited() && leads(p) {
+				if m, ok := frozen.Load(name); ok && !m.(*resumeMark).over(p) {
+					continue
+				}
+				if !p.Exited() && leads(p) {
 					n++
 				}
 			}
@@ -119,8 +124,9 @@ func leaderKillAndFreeze(t *testing.T) {
 	killTakeover := time.Since(killed)
 	w.waitCommits(wr, 200, 30*time.Second)
 
+	mark := &resumeMark{}
+	frozen.Store(next, mark)
 	replicas[next].Signal(syscall.SIGSTOP)
-	frozen.Store(next, true)
 	stopped := time.Now()
 	third := ""
 	for time.Since(stopped) < 30*time.Second && third == "" {
@@ -131,8 +137,8 @@ func leaderKillAndFreeze(t *testing.T) {
 	}
 	freezeTakeover := time.Since(stopped)
 	time.Sleep(time.Until(stopped.Add(30 * time.Second))) // the freeze lasts 30 s
+	mark.resumed(replicas[next])
 	replicas[next].Signal(syscall.SIGCONT)
-	frozen.Delete(next)
 	time.Sleep(5 * time.Second) // the resumed replica finds out it lost the lock
 	w.waitCommits(wr, 200, time.Minute)
 	wr.stop()
@@ -153,6 +159,29 @@ func leaderKillAndFreeze(t *testing.T) {
 		t.Errorf("%d samples saw two replicas leading at once", overlaps.Load())
 	}
 	w.audit(auditOptions{drain: 2 * time.Minute})
+}
+
+// resumeMark tells when a SIGSTOPped replica's log speaks of the present
+// again: once it wrote a line after its resume, or 2 s after the resume.
+type resumeMark struct {
+	mu     sync.Mutex
+	at     time.Time // zero while frozen
+	logLen int       // the output's length at the resume
+}
+
+func (m *resumeMark) resumed(p *relaytest.Process) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.at, m.logLen = time.Now(), len(p.Output())
+}
+
+func (m *resumeMark) over(p *relaytest.Process) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.at.IsZero() {
+		return false
+	}
+	return len(p.Output()) > m.logLen || time.Since(m.at) > 2*time.Second
 }
 
 func takeoverText(by string, after time.Duration) string {
