@@ -16,12 +16,20 @@ func readErr(c net.Conn) (error, time.Duration) {
 	return err, time.Since(t0)
 }
 
+// pipeDeadline returns a readDeadline on one end of a pipe, and both ends.
+func pipeDeadline(t *testing.T) (d *readDeadline, a, b net.Conn) {
+	a, b = net.Pipe()
+	d = &readDeadline{conn: a}
+	t.Cleanup(func() {
+		d.close()
+		a.Close()
+		b.Close()
+	})
+	return d, a, b
+}
+
 func TestReadDeadlineEndsReadAtDeadline(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	d := readDeadline{conn: a}
-	defer d.close()
+	d, a, _ := pipeDeadline(t)
 	d.watch(context.Background())
 	d.set(time.Now().Add(50 * time.Millisecond))
 	err, took := readErr(a)
@@ -34,11 +42,7 @@ func TestReadDeadlineEndsReadAtDeadline(t *testing.T) {
 }
 
 func TestReadDeadlineEndsBlockedReadWhenContextEnds(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	d := readDeadline{conn: a}
-	defer d.close()
+	d, a, b := pipeDeadline(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	d.watch(ctx)
 	d.set(time.Now().Add(time.Hour))
